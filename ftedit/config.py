@@ -1,0 +1,327 @@
+"""Typed run configuration: dataclasses loaded from YAML plus `section.key=value` overrides.
+
+Every key is declared here with its type and meaning. Unknown keys, wrong types and impossible
+values are rejected with the dotted path of the offending key, before any work starts. The
+resolved config is written into the run directory, and re-running from that file reproduces the
+run (every random choice is derived from `seed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; `key` is the dotted path (e.g. `train.lr`)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(key, message)
+
+
+@dataclass
+class ModelConfig:
+    path: str = "smollm2-135m"
+    """A local Hugging Face checkpoint directory, or `smollm2-135m` for the bundled model."""
+    cache_dir: str = "~/.cache/ftedit"
+    """Where bundled assets (the SmolLM2 checkpoint, the MiniLM embedder) are unpacked once."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype for training and evaluation (bf16/fp16 are for GPUs)."""
+
+
+@dataclass
+class DataConfig:
+    requests: str = "data/sample_edits.jsonl"
+    """The edit requests file (CounterFact, zsRE, MQuAKE JSON or a JSONL of requests)."""
+    format: Literal["auto", "counterfact", "zsre", "mquake", "jsonl"] = "auto"
+    limit: int | None = None
+    """Edit only the first N requests of the file."""
+    fact_pool: str | None = "data/sample_facts.jsonl"
+    """Unedited facts (prompt -> true answer) used as locality augmentation; any request format."""
+    fact_pool_format: Literal["auto", "counterfact", "zsre", "mquake", "jsonl"] = "auto"
+    fact_pool_limit: int | None = None
+    zsre_target: Literal["alt", "answers"] = "alt"
+    """zsRE edit target: `alt` (EasyEdit and the FT-editing paper) or `answers` (answers[0], MEMIT)."""
+    on_invalid: Literal["error", "skip"] = "error"
+    """`error`: stop on the first bad record; `skip`: drop bad records and list them in the report."""
+
+    def __post_init__(self):
+        _require(bool(self.requests), "requests", "must name a requests file")
+        for key in ("limit", "fact_pool_limit"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, key, f"must be a positive count, got {value}")
+
+
+@dataclass
+class AugmentConfig:
+    keep_edit_prompt: bool = True
+    """Train on the edit prompt itself (besides its prefixed copies)."""
+    n_paraphrase: int = 10
+    """Pseudo-paraphrases per edit: model-generated random prefixes prepended to the edit prompt."""
+    prefix_bank: int = 50
+    """How many prefixes are generated once per run; each edit draws `n_paraphrase` of them."""
+    prefix_tokens: int = 10
+    """Maximum generated tokens per prefix."""
+    prefix_starts: list[str] = field(default_factory=lambda: ["The", "Therefore", "Because", "I", "You"])
+    """First words the prefixes are sampled from (as in ROME's context templates)."""
+    n_random: int = 10
+    """Random unedited facts from the fact pool per edit, trained to keep their answers."""
+    n_similar: int = 0
+    """Unedited facts per edit nearest to the edit prompt by sentence embedding."""
+    locality_target: Literal["gold", "model"] = "gold"
+    """Answer trained for locality facts: the pool's gold answer or the unedited model's greedy one."""
+    locality_target_tokens: int = 4
+    """With locality_target=model: tokens greedily decoded as the model's own answer."""
+    embedding_model: str = "all-minilm-l6-v2"
+    """Sentence embedder for `n_similar`: `all-minilm-l6-v2` (bundled) or a local BERT-style path."""
+
+    def __post_init__(self):
+        for key in ("n_paraphrase", "n_random", "n_similar"):
+            _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        for key in ("prefix_tokens", "locality_target_tokens"):
+            _require(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
+        _require(
+            self.prefix_bank >= self.n_paraphrase,
+            "prefix_bank",
+            f"must be >= n_paraphrase ({self.n_paraphrase}), got {self.prefix_bank}",
+        )
+        _require(bool(self.prefix_starts), "prefix_starts", "needs at least one start word")
+
+
+@dataclass
+class LossConfig:
+    mode: Literal["conditional", "full"] = "conditional"
+    """`conditional`: loss on the target tokens given the prompt (the method); `full`: every token."""
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 32
+    alpha: float = 64.0
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    """peft target modules: `all-linear` or a list of module name suffixes (e.g. [q_proj, v_proj])."""
+
+    def __post_init__(self):
+        _require(self.rank > 0, "rank", f"must be > 0, got {self.rank}")
+        _require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        _require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    tuning: Literal["lora", "full"] = "lora"
+    """`lora`: train a peft LoRA adapter; `full`: train all weights of the chosen layers."""
+    layers: list[int] | None = None
+    """Transformer layer indices to train (LoRA or full); null = all layers."""
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    """Ray CPU resource per worker. Leave CPUs free for Ray Data or the feed deadlocks."""
+    torch_threads: int = 0
+    """Intra-op threads per worker; 0 = this node's cores divided by num_workers."""
+    batch_size: int = 32
+    """Global batch (examples per optimizer step, summed over workers)."""
+    micro_batch_size: int = 32
+    """Examples per forward pass per worker; accumulation = batch_size / (micro * workers)."""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    epochs: int = 4
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    """ZeRO-3 only: keep parameters in CPU memory."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    log_every: int = 10
+    """Print loss, tokens/s and progress every N optimizer steps."""
+
+    def __post_init__(self):
+        _require(self.num_workers > 0, "num_workers", f"must be > 0, got {self.num_workers}")
+        _require(self.cpus_per_worker > 0, "cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        _require(self.torch_threads >= 0, "torch_threads", f"must be >= 0, got {self.torch_threads}")
+        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _require(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        _require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        _require(not self.offload_params or self.zero_stage == 3, "offload_params", "needs zero_stage 3")
+        _require(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
+        _require(self.micro_batch_size > 0, "micro_batch_size", f"must be > 0, got {self.micro_batch_size}")
+        per_step = self.micro_batch_size * self.num_workers
+        _require(
+            self.batch_size > 0 and self.batch_size % per_step == 0,
+            "batch_size",
+            f"must be a positive multiple of micro_batch_size * num_workers ({per_step}), got {self.batch_size}",
+        )
+        if self.layers is not None:
+            _require(all(i >= 0 for i in self.layers), "layers", f"must be >= 0, got {self.layers}")
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.batch_size // (self.micro_batch_size * self.num_workers)
+
+
+@dataclass
+class EvalConfig:
+    kind: Literal["auto", "counterfact", "zsre"] = "auto"
+    """Metric family: `counterfact` (probability comparisons, ES/PS/NS) or `zsre` (token accuracy);
+    auto = zsre for zsRE data, else counterfact when every request has a true answer."""
+    batch_size: int = 64
+    before: bool = True
+    """Also evaluate the unedited model (the report's `before` column)."""
+
+    def __post_init__(self):
+        _require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/quickstart"
+    """The run directory. Built under `<dir>.incomplete` and renamed when everything is written."""
+    overwrite: bool = False
+    """Replace an existing run directory instead of refusing to start."""
+    save_merged: bool = True
+    """Save the merged edited model (loadable with AutoModelForCausalLM.from_pretrained)."""
+
+
+@dataclass
+class RayConfig:
+    num_cpus: int | None = None
+    """Logical CPUs of a local Ray instance (ignored when joining a cluster); null = detected."""
+
+    def __post_init__(self):
+        _require(self.num_cpus is None or self.num_cpus > 0, "num_cpus", f"must be > 0, got {self.num_cpus}")
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    """Seeds prefix sampling, fact selection, shuffling, LoRA init: the same seed, the same run."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML -> dict -> (overrides) -> typed dataclasses, with dotted-path errors.
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config (or the defaults when `path` is None) and apply `a.b=value` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("--config", f"no such file: {path}")
+        with path.open() as f:
+            loaded = yaml.safe_load(f)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("--config", f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded or {}
+    for item in overrides:
+        apply_override(data, item)
+    return from_dict(RunConfig, data)
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Set `section.key=value` in a raw config dict; the value is parsed as YAML (`1e-3`, `[1, 2]`)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(item, "an override must look like section.key=value")
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(key, f"'{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def from_dict(cls, data, prefix: str = ""):
+    """Build dataclass `cls` from a dict, checking keys and types; errors carry the dotted path."""
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "<root>", f"must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(dotted, f"unknown key (known: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e.key}", e.message) from None
+
+
+def _coerce(value, tp, key: str):
+    """Check `value` against annotation `tp` (int is accepted for float); return the value."""
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, key + ".")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(e.message)
+        raise ConfigError(key, " or ".join(errors))
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(key, f"expected null, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(key, f"must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if tp in (int, str, bool):
+        # bool is a subclass of int in Python: keep `epochs: true` from passing as 1.
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(key, f"expected {tp.__name__}, got {value!r}")
+    raise TypeError(f"config annotation not supported: {tp}")
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config; `load_config(path)` gives the same RunConfig back."""
+    with Path(path).open("w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

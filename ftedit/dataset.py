@@ -1,0 +1,119 @@
+"""The training data as a Ray Dataset: requests -> augmented examples -> token ids, on the cluster.
+
+Augmentation and tokenization run as Ray Data `map_batches` stages, so they spread over the
+cluster's CPUs; the result is shuffled with the run seed and each Ray Train worker streams its
+own shard of it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ftedit.augment import augment_request
+from ftedit.config import RunConfig
+from ftedit.requests import EditRequest, Fact
+from ftedit.tokenize import TokenizeBatch
+
+log = logging.getLogger(__name__)
+
+LOCALITY_KINDS = ("random", "similar")
+
+
+def augment_batch(batch: dict, prefixes, pool, cfg, seed, forbidden) -> dict:
+    """Ray Data stage: a batch of request rows -> a batch of example rows."""
+    rows = []
+    for case_id, prompt, subject, target_new, similar in zip(
+        batch["case_id"], batch["prompt"], batch["subject"], batch["target_new"], batch["similar"]
+    ):
+        request = EditRequest(case_id=str(case_id), prompt=str(prompt), subject=str(subject), target_new=str(target_new))
+        rows += augment_request(request, prefixes, pool, [int(i) for i in similar], cfg, seed, forbidden)
+    return {key: np.array([row[key] for row in rows], dtype=object) for key in ("case_id", "prompt", "target", "kind")}
+
+
+class OwnAnswers:
+    """Ray Data stage (locality_target=model): locality facts keep the unedited model's own answer.
+
+    Greedy-decodes a few tokens per unique locality prompt in the batch and cuts at the first
+    line break or sentence end, so the model is trained to keep saying what it said.
+    """
+
+    def __init__(self, model_path: str, dtype: str, max_new_tokens: int):
+        from ftedit.model import load_causal_lm, pad_token_id
+
+        self.model, self.tokenizer = load_causal_lm(model_path, dtype)
+        self.model.eval()
+        self.pad = pad_token_id(self.tokenizer)
+        self.max_new_tokens = max_new_tokens
+
+    def answer(self, prompt: str) -> str:
+        import torch
+
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = self.model.generate(
+                ids, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.pad
+            )
+        text = self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        return text.split("\n")[0].split(". ")[0].strip().rstrip(".,;:")
+
+    def __call__(self, batch: dict) -> dict:
+        answers: dict[str, str] = {}
+        targets = batch["target"].copy()
+        for i, (prompt, kind) in enumerate(zip(batch["prompt"], batch["kind"])):
+            if kind in LOCALITY_KINDS:
+                if prompt not in answers:
+                    answers[prompt] = self.answer(prompt)
+                targets[i] = answers[prompt] or targets[i]  # an empty answer keeps the gold one
+        return {**batch, "target": targets}
+
+
+def build_training_dataset(
+    cfg: RunConfig,
+    requests: list[EditRequest],
+    prefixes: list[str],
+    pool: list[Fact],
+    similar: list[list[int]],
+    forbidden_prompts: frozenset[str],
+    model_path: str,
+):
+    """A materialized, shuffled Ray Dataset of tokenized training examples."""
+    import ray
+
+    rows = [
+        {"case_id": r.case_id, "prompt": r.prompt, "subject": r.subject, "target_new": r.target_new, "similar": s}
+        for r, s in zip(requests, similar)
+    ]
+    ds = ray.data.from_items(rows)
+    ds = ds.map_batches(
+        augment_batch,
+        fn_kwargs={
+            "prefixes": prefixes,
+            "pool": pool,
+            "cfg": cfg.augment,
+            "seed": cfg.seed,
+            "forbidden": forbidden_prompts,
+        },
+        batch_size=256,
+    )
+    if cfg.augment.locality_target == "model" and (cfg.augment.n_random or cfg.augment.n_similar):
+        ds = ds.map_batches(
+            OwnAnswers,
+            fn_constructor_args=(model_path, cfg.model.dtype, cfg.augment.locality_target_tokens),
+            batch_size=256,
+            concurrency=1,
+        )
+    ds = ds.map_batches(
+        TokenizeBatch,
+        fn_constructor_args=(model_path, cfg.loss.mode == "conditional"),
+        batch_size=1024,
+        concurrency=1,
+    )
+    return ds.random_shuffle(seed=cfg.seed).materialize()
+
+
+def example_counts(ds) -> dict:
+    """Examples per kind and token total, for the report and the scheduler."""
+    kinds = {row["kind"]: row["count()"] for row in ds.groupby("kind").count().take_all()}
+    return {"examples": ds.count(), "tokens": int(ds.sum("n_tokens")), "by_kind": kinds}

@@ -1,0 +1,121 @@
+"""Causal LM loading, choosing what trains (LoRA or layers), and saving / merging the result.
+
+No branch on model names: the decoder layers are found structurally (the ModuleList holding
+`config.num_hidden_layers` blocks), which is what both LoRA's `layers_to_transform` and
+full fine-tuning of chosen layers need.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ftedit.config import LoraConfig, TrainConfig
+
+TRAINED_WEIGHTS = "trained_weights.safetensors"  # full fine-tuning: the trained tensors only
+TUNING_FILE = "tuning.json"
+
+
+def load_causal_lm(path: str | Path, dtype: str = "float32"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def pad_token_id(tokenizer) -> int:
+    """Any id works for padding (padded positions are masked); prefer the tokenizer's own."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The (qualified name, ModuleList) of the transformer blocks."""
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and (n_layers is None or len(module) == n_layers)
+    ]
+    if not candidates:
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+    return max(candidates, key=lambda item: len(item[1]))
+
+
+def _check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    bad = [i for i in layers if i >= n_layers]
+    if bad:
+        raise ValueError(f"train.layers: {bad} out of range, the model has {n_layers} layers (0..{n_layers - 1})")
+    return sorted(set(layers))
+
+
+def prepare_trainable(model, train: TrainConfig, lora: LoraConfig, seed: int):
+    """Make only the edited parameters trainable: a LoRA adapter (peft) or whole chosen layers."""
+    layers_name, layers = decoder_layers(model)
+    chosen = _check_layers(train.layers, len(layers))
+    if train.tuning == "lora":
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        torch.manual_seed(seed)  # LoRA A matrices are randomly initialised
+        peft_config = PeftLoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            layers_to_transform=chosen if train.layers is not None else None,
+            layers_pattern=layers_name.split(".")[-1] if train.layers is not None else None,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, peft_config)
+    model.requires_grad_(False)
+    for index in chosen:
+        layers[index].requires_grad_(True)
+    return model
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def save_trained(model, out_dir: Path, tuning: str) -> None:
+    """Save what training changed: the LoRA adapter, or the trained tensors of full fine-tuning.
+
+    Called on rank 0 with full (gathered) parameters; see train.py for ZeRO-3.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tuning == "lora":
+        model.save_pretrained(out_dir)
+    else:
+        from safetensors.torch import save_file
+
+        tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(out_dir / TRAINED_WEIGHTS))
+    (out_dir / TUNING_FILE).write_text(json.dumps({"tuning": tuning}))
+
+
+def load_edited(base_path: str | Path, trained_dir: Path, dtype: str = "float32"):
+    """The base model with the trained weights applied (LoRA merged in): a plain causal LM."""
+    model, tokenizer = load_causal_lm(base_path, dtype)
+    tuning = json.loads((trained_dir / TUNING_FILE).read_text())["tuning"]
+    if tuning == "lora":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, trained_dir).merge_and_unload()
+    else:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(trained_dir / TRAINED_WEIGHTS))
+        missing = set(tensors) - set(dict(model.named_parameters()))
+        if missing:
+            raise ValueError(f"{trained_dir}: trained tensors not in the base model: {sorted(missing)[:5]}")
+        model.load_state_dict(tensors, strict=False)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,141 @@
+"""The mass-edit job, stage by stage: requests -> augment -> tokenize -> train -> evaluate -> report.
+
+Inputs are validated before anything is written. The run directory is built under
+`<output.dir>.incomplete` and renamed to `<output.dir>` only once every output is written, so an
+interrupted or failed run never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ftedit.assets import resolve_model_path
+from ftedit.augment import Exclusions, filter_fact_pool, generate_prefixes
+from ftedit.config import RunConfig, dump_config
+from ftedit.evaluate import evaluate, metric_kind
+from ftedit.model import load_causal_lm, load_edited
+from ftedit.report import render_markdown, write_json, write_per_edit
+from ftedit.requests import load_fact_pool, load_requests
+
+log = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """Bad input found before any work started (nothing was written)."""
+
+
+def staging_dir(out_dir: Path) -> Path:
+    return out_dir.with_name(out_dir.name + ".incomplete")
+
+
+def init_ray(cfg: RunConfig) -> None:
+    """Join the cluster this job was submitted to, or start a local Ray instance."""
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()  # inside `ray job submit`: resources belong to the cluster
+        else:
+            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True  # same seed, same examples, same order
+    context.enable_progress_bars = False  # our own progress lines are easier to read in job logs
+
+
+def run_mass_edit(cfg: RunConfig) -> dict:
+    """Edit every request of `cfg.data.requests` into the model; returns the summary."""
+    started = time.perf_counter()
+    out_dir = Path(cfg.output.dir)
+
+    # 1. Inputs, all validated before anything is written or trained.
+    loaded = load_requests(
+        cfg.data.requests, cfg.data.format, cfg.data.limit, cfg.data.zsre_target, cfg.data.on_invalid == "skip"
+    )
+    requests = loaded.requests
+    for error in loaded.skipped:
+        log.warning("skipped invalid request: %s", error)
+    if not requests:
+        raise InputError(f"{cfg.data.requests}: no valid edit requests")
+    kind = metric_kind(requests, loaded.format, cfg.eval.kind)
+    pool = load_fact_pool(cfg.data.fact_pool, cfg.data.fact_pool_format, cfg.data.fact_pool_limit) if cfg.data.fact_pool else []
+    if (cfg.augment.n_random or cfg.augment.n_similar) and not pool:
+        raise InputError("augment.n_random/n_similar > 0 need data.fact_pool with at least one fact")
+    if out_dir.exists() and not cfg.output.overwrite:
+        raise InputError(f"output.dir {out_dir} exists; pick another or set output.overwrite=true")
+    model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
+    log.info("%d edit requests (%s, metrics: %s), fact pool %d", len(requests), loaded.format, kind, len(pool))
+
+    staging = staging_dir(out_dir)
+    if staging.exists():
+        shutil.rmtree(staging)  # left by an interrupted run
+    staging.mkdir(parents=True)
+    dump_config(cfg, staging / "config.yaml")
+
+    # 2. Augmentation inputs: excluded facts, model-generated prefixes, similar facts.
+    exclusions = Exclusions.of(requests)
+    pool = filter_fact_pool(pool, exclusions)
+    model, tokenizer = load_causal_lm(model_path, cfg.model.dtype)
+    prefixes = generate_prefixes(model, tokenizer, cfg.augment, cfg.seed) if cfg.augment.n_paraphrase else []
+    write_json(staging / "prefixes.json", prefixes)
+    similar = [[] for _ in requests]
+    if cfg.augment.n_similar:
+        from ftedit.similarity import nearest_facts
+
+        embedder = resolve_model_path(cfg.augment.embedding_model, cfg.model.cache_dir)
+        similar = nearest_facts([r.prompt for r in requests], [f.prompt for f in pool], cfg.augment.n_similar, str(embedder))
+
+    # 3. The unedited model, scored by the same code that scores the edited one.
+    log.info("evaluating the unedited model")
+    before = evaluate(model, tokenizer, requests, kind, cfg.eval.batch_size)
+    del model
+
+    # 4. Augment + tokenize on Ray Data, train on Ray Train + DeepSpeed.
+    from ftedit.dataset import build_training_dataset, example_counts
+    from ftedit.train import fit
+
+    init_ray(cfg)
+    dataset = build_training_dataset(
+        cfg, requests, prefixes, pool, similar, exclusions.eval_prompts, str(model_path)
+    )
+    counts = example_counts(dataset)
+    log.info("training examples: %s", counts)
+    checkpoint, train_metrics = fit(cfg, model_path, dataset, counts["examples"], staging / "ray")
+    trained_dir = staging / ("adapter" if cfg.train.tuning == "lora" else "trained_layers")
+    shutil.copytree(checkpoint, trained_dir)
+    shutil.rmtree(staging / "ray", ignore_errors=True)  # checkpoints were copied; keep the run small
+
+    # 5. The edited model: merged, saved, evaluated.
+    edited, tokenizer = load_edited(model_path, trained_dir, cfg.model.dtype)
+    if cfg.output.save_merged:
+        edited.save_pretrained(staging / "model")
+        tokenizer.save_pretrained(staging / "model")
+    log.info("evaluating the edited model")
+    after = evaluate(edited, tokenizer, requests, kind, cfg.eval.batch_size, reference=before)
+
+    # 6. Report, then make the run directory visible under its real name.
+    summary = {
+        "n_edits": len(requests),
+        "wall_seconds": time.perf_counter() - started,
+        "before": before.summary,
+        "after": after.summary,
+        "metric_kind": kind,
+        "model": cfg.model.path,
+        "requests": cfg.data.requests,
+        "examples": counts,
+        "train": train_metrics,
+        "skipped": [str(e) for e in loaded.skipped],
+    }
+    write_per_edit(staging / "per_edit.jsonl", requests, before.records, after.records)
+    (staging / "report.md").write_text(render_markdown(summary))
+    write_json(staging / "summary.json", summary)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # output.overwrite=true, checked above
+    staging.rename(out_dir)
+    log.info("done in %.0f s: %s\n%s", summary["wall_seconds"], out_dir, render_markdown(summary))
+    return summary
+

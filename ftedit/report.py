@@ -1,0 +1,78 @@
+"""Run outputs: summary.json, per-edit results (JSONL) and report.md with the before/after table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftedit.requests import EditRequest
+
+# Rows of the before/after table, in order; keys absent from a metric family are skipped.
+TABLE_ROWS = (
+    ("edit_score", "Edit score (harmonic mean)"),
+    ("efficacy", "Efficacy"),
+    ("generalization", "Generalization"),
+    ("locality", "Locality"),
+    ("easyedit_locality", "Locality, EasyEdit (top-1 agreement with unedited)"),
+    ("es", "ES: rewrite, P(new) > P(true)"),
+    ("ps", "PS: paraphrase, P(new) > P(true)"),
+    ("ns", "NS: neighbourhood, P(true) > P(new)"),
+    ("em", "EM: rewrite, P(new) - P(true)"),
+    ("pm", "PM: paraphrase, P(new) - P(true)"),
+    ("nm", "NM: neighbourhood, P(true) - P(new)"),
+    ("specificity", "Specificity (loc accuracy)"),
+)
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_per_edit(path: Path, requests: list[EditRequest], before: list[dict], after: list[dict]) -> None:
+    with path.open("w") as f:
+        for request, b, a in zip(requests, before, after):
+            row = {
+                "case_id": request.case_id,
+                "prompt": request.prompt,
+                "target_new": request.target_new,
+                "target_true": request.target_true,
+                "before": {k: v for k, v in b.items() if k != "case_id"},
+                "after": {k: v for k, v in a.items() if k != "case_id"},
+            }
+            f.write(json.dumps(row) + "\n")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def render_markdown(summary: dict) -> str:
+    before, after = summary["before"], summary["after"]
+    lines = [
+        f"# ftedit run: {summary['n_edits']} edits",
+        "",
+        f"Model `{summary['model']}`, requests `{summary['requests']}`, metrics: {summary['metric_kind']} "
+        "(computed as ROME/MEMIT do; percent).",
+        "",
+        "| metric | before | after | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label in TABLE_ROWS:
+        if key not in after:
+            continue
+        b, a = before.get(key), after.get(key)
+        change = "n/a" if a is None or b is None else f"{a - b:+.1f}"
+        lines.append(f"| {label} | {_fmt(b)} | {_fmt(a)} | {change} |")
+    train, examples = summary["train"], summary["examples"]
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(examples["by_kind"].items()))
+    lines += [
+        "",
+        f"Training: {examples['examples']} examples ({kinds}), {examples['tokens']} tokens; "
+        f"{train['optimizer_steps']} optimizer steps in {train['train_seconds']:.0f} s, "
+        f"{train['train_tokens_per_s']:.0f} training tokens/s.",
+        f"Wall time, end to end: {summary['wall_seconds']:.0f} s.",
+    ]
+    if summary["skipped"]:
+        lines += ["", f"Skipped {len(summary['skipped'])} invalid request(s):", ""]
+        lines += [f"- {reason}" for reason in summary["skipped"]]
+    return "\n".join(lines) + "\n"

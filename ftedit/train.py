@@ -1,0 +1,192 @@
+"""The one training loop: Ray Train's TorchTrainer runs it with the DeepSpeed engine on 1..N workers.
+
+Each worker loads the model, marks what trains (LoRA or layers), wraps it with DeepSpeed (ZeRO
+stage from the config, a plain torch AdamW so no fused op is compiled) and iterates its shard of
+the tokenized Ray Dataset. The global batch is fixed by the config; gradient accumulation is
+derived, so 1 worker and 8 workers take the same optimizer steps. Rank 0 logs loss, tokens/s and
+progress, and at the end reports the trained weights (adapter or layers) as a Ray checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from ftedit.config import RunConfig, TrainConfig, from_dict, to_dict
+
+log = logging.getLogger(__name__)
+
+
+def deepspeed_config(train: TrainConfig) -> dict:
+    zero: dict = {"stage": train.zero_stage}
+    if train.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if train.offload_params:
+        zero["offload_param"] = {"device": "cpu"}
+    if train.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_batch_size": train.batch_size,
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum_steps,
+        "gradient_clipping": train.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {"enabled": train.precision == "fp16"},
+        # We pass torch's AdamW; DeepSpeed would otherwise insist on its own CPU Adam when offloading.
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,  # we log progress ourselves
+    }
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def optimizer_steps(n_examples: int, train: TrainConfig) -> int:
+    """Optimizer steps per epoch, as every worker counts them on its equal shard."""
+    per_worker = n_examples // train.num_workers
+    micro_steps = math.ceil(per_worker / train.micro_batch_size)
+    return max(1, micro_steps // train.grad_accum_steps)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Runs on every Ray Train worker. `loop_config`: the run config as a dict, model path, counts."""
+    cfg: RunConfig = from_dict(RunConfig, loop_config["run"])
+    train = cfg.train
+    if not train.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # skip DeepSpeed's accelerator probing
+
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from ftedit.model import load_causal_lm, pad_token_id, prepare_trainable, trainable_parameters
+    from ftedit.tokenize import pad_batch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    # Ray sets OMP_NUM_THREADS to the worker's CPU resource (often 1); use the node's cores.
+    threads = train.torch_threads or max(1, (os.cpu_count() or 1) // context.get_local_world_size())
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+
+    model, tokenizer = load_causal_lm(loop_config["model_path"], cfg.model.dtype)
+    model = prepare_trainable(model, train, cfg.lora, cfg.seed)
+    params = trainable_parameters(model)
+    steps_per_epoch = optimizer_steps(loop_config["n_examples"], train)
+    total_steps = steps_per_epoch * train.epochs
+    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(train.schedule, int(train.warmup_ratio * total_steps), total_steps)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(train)
+    )
+    device = engine.device
+    pad = pad_token_id(tokenizer)
+    if rank == 0:
+        n_trainable = sum(p.numel() for p in params)
+        log.info(
+            "training %s params (%s) on %d worker(s), %d threads each: %d epochs x %d steps, global batch %d",
+            f"{n_trainable:,}", train.tuning, world, threads, train.epochs, steps_per_epoch, train.batch_size,
+        )
+
+    shard = ray.train.get_dataset_shard("train")
+    started = time.perf_counter()
+    micro_steps, tokens_seen, window_tokens, window_loss, window_start = 0, 0, 0, 0.0, started
+    engine.train()
+    for epoch in range(train.epochs):
+        # Each epoch re-reads the shard in a new seeded order.
+        batches = shard.iter_batches(
+            batch_size=train.micro_batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=max(4 * train.micro_batch_size, 256),
+            local_shuffle_seed=cfg.seed + epoch,
+        )
+        for batch in batches:
+            tensors = {k: v.to(device) for k, v in pad_batch(batch["input_ids"], batch["labels"], pad).items()}
+            loss = engine(**tensors).loss
+            engine.backward(loss)
+            engine.step()
+            n_tokens = int(tensors["attention_mask"].sum())
+            micro_steps += 1
+            tokens_seen += n_tokens
+            window_tokens += n_tokens
+            window_loss += loss.item()
+            if micro_steps % train.grad_accum_steps == 0 and (micro_steps // train.grad_accum_steps) % train.log_every == 0:
+                now = time.perf_counter()
+                if rank == 0:
+                    log.info(
+                        "epoch %d/%d step %d/%d loss %.4f lr %.2e %.0f tokens/s (this worker) elapsed %.0f s",
+                        epoch + 1, train.epochs, micro_steps // train.grad_accum_steps, total_steps,
+                        window_loss / (train.log_every * train.grad_accum_steps), scheduler.get_last_lr()[0],
+                        window_tokens / max(now - window_start, 1e-9), now - started,
+                    )
+                window_tokens, window_loss, window_start = 0, 0.0, now
+
+    seconds = time.perf_counter() - started
+    metrics = {
+        "train_seconds": seconds,
+        "train_tokens": tokens_seen * world,  # each worker saw its own shard; shards are equal
+        "train_tokens_per_s": tokens_seen * world / max(seconds, 1e-9),
+        "optimizer_steps": engine.global_steps,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        _save_from_engine(engine, Path(tmp), train, rank)
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _save_from_engine(engine, out_dir: Path, train: TrainConfig, rank: int) -> None:
+    """Rank 0 writes the trained weights. Under ZeRO-3 every rank must join the gather first."""
+    from ftedit.model import save_trained, trainable_parameters
+
+    model = engine.module
+    if train.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(trainable_parameters(model), modifier_rank=None):
+            if rank == 0:
+                save_trained(model, out_dir, train.tuning)
+    elif rank == 0:
+        save_trained(model, out_dir, train.tuning)
+
+
+def fit(cfg: RunConfig, model_path: Path, dataset, n_examples: int, storage_dir: Path):
+    """Run the train loop on Ray Train workers; returns (checkpoint directory, metrics)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": to_dict(cfg), "model_path": str(model_path), "n_examples": n_examples},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        datasets={"train": dataset},
+        run_config=ray.train.RunConfig(name="train", storage_path=str(storage_dir.resolve())),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training ended without a checkpoint: {result.error}")
+    return Path(result.checkpoint.path), result.metrics
