@@ -17,7 +17,8 @@ import torch
 from ftedit.metrics import ProbeScore, accuracy_record, counterfact_record, easyedit_locality_record, summarize
 from ftedit.model import pad_token_id
 from ftedit.requests import EditRequest
-from ftedit.tokenize import encode_pair
+from ftedit.loss import target_logits
+from ftedit.tokenize import IGNORE_INDEX, encode_example, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ def probes_of(request: EditRequest, kind: str) -> list[Probe]:
 def score_probes(model, tokenizer, probes: list[Probe], batch_size: int) -> dict[Probe, ProbeScore]:
     """Mean target NLL and teacher-forced argmax per unique probe, in length-sorted batches."""
     unique = list(dict.fromkeys(probes))
-    encoded = [encode_pair(tokenizer, p, t) for p, t in unique]
-    order = sorted(range(len(unique)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    encoded = [encode_example(tokenizer, p, t) for p, t in unique]
+    order = sorted(range(len(unique)), key=lambda i: len(encoded[i]["input_ids"]))
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     scores: dict[Probe, ProbeScore] = {}
@@ -67,23 +68,14 @@ def score_probes(model, tokenizer, probes: list[Probe], batch_size: int) -> dict
     started, n_batches = time.perf_counter(), (len(order) + batch_size - 1) // batch_size
     for b, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start : start + batch_size]
-        rows = [encoded[i][0] + encoded[i][1] for i in idx]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, row in enumerate(rows):
-            ids[j, : len(row)] = torch.tensor(row)
-            mask[j, : len(row)] = 1
-        all_logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        batch = pad_batch([encoded[i]["input_ids"] for i in idx], [encoded[i]["labels"] for i in idx], pad)
+        logits, labels = target_logits(model, {k: v.to(device) for k, v in batch.items()})
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         for j, i in enumerate(idx):
-            prompt_ids, target_ids = encoded[i]
-            # Logits at position k predict token k+1: target token t sits at len(prompt)+t.
-            first = len(prompt_ids) - 1
-            logits = all_logits[j, first : first + len(target_ids)].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            target = torch.tensor(target_ids, device=logits.device)
-            nll = -logprobs.gather(-1, target[:, None]).mean().item()
-            argmax = logits.argmax(-1)
+            is_target = labels[j] != IGNORE_INDEX
+            target = labels[j][is_target]
+            nll = -logprobs[j][is_target].gather(-1, target[:, None]).mean().item()
+            argmax = logits[j][is_target].argmax(-1)
             scores[unique[i]] = ProbeScore(
                 nll=nll,
                 correct=tuple(bool(x) for x in (argmax == target).tolist()),

@@ -56,6 +56,14 @@ def _check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
+def linear_module_names(layers: torch.nn.ModuleList) -> list[str]:
+    """Names (last component) of every nn.Linear inside the decoder layers: what `all-linear` means.
+
+    Resolved here rather than by peft so that it combines with `layers_to_transform`.
+    """
+    return sorted({name.split(".")[-1] for name, m in layers.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
 def prepare_trainable(model, train: TrainConfig, lora: LoraConfig, seed: int):
     """Make only the edited parameters trainable: a LoRA adapter (peft) or whole chosen layers."""
     layers_name, layers = decoder_layers(model)
@@ -69,7 +77,7 @@ def prepare_trainable(model, train: TrainConfig, lora: LoraConfig, seed: int):
             r=lora.rank,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
+            target_modules=linear_module_names(layers) if lora.target_modules == "all-linear" else lora.target_modules,
             layers_to_transform=chosen if train.layers is not None else None,
             layers_pattern=layers_name.split(".")[-1] if train.layers is not None else None,
             task_type="CAUSAL_LM",

@@ -33,7 +33,8 @@ def encode_example(tokenizer, prompt: str, target: str, conditional: bool = True
     if conditional:
         labels = [IGNORE_INDEX] * len(prompt_ids) + list(target_ids)
     else:
-        labels = list(input_ids)
+        # Every token but the first, which has nothing before it to be predicted from.
+        labels = [IGNORE_INDEX] + list(input_ids[1:])
     return {"input_ids": input_ids, "labels": labels}
 
 
@@ -68,7 +69,12 @@ def _ragged(rows: list[list[int]]) -> np.ndarray:
 
 
 def pad_batch(input_ids, labels, pad_id: int):
-    """Right-pad ragged rows into tensors: input_ids, attention_mask, labels (-100 on padding)."""
+    """Left-pad ragged rows into tensors: input_ids, attention_mask, position_ids, labels.
+
+    Left padding puts every target at the end of its row, so the loss needs logits for the last
+    few positions only (loss.py). position_ids count real tokens, so padding does not shift
+    positions: a row scores the same padded or alone.
+    """
     import torch
 
     width = max(len(row) for row in input_ids)
@@ -78,7 +84,8 @@ def pad_batch(input_ids, labels, pad_id: int):
     lab = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
     for i, (row_ids, row_labels) in enumerate(zip(input_ids, labels)):
         k = len(row_ids)
-        ids[i, :k] = torch.as_tensor(np.asarray(row_ids, dtype=np.int64))
-        mask[i, :k] = 1
-        lab[i, :k] = torch.as_tensor(np.asarray(row_labels, dtype=np.int64))
-    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+        ids[i, width - k :] = torch.as_tensor(np.asarray(row_ids, dtype=np.int64))
+        mask[i, width - k :] = 1
+        lab[i, width - k :] = torch.as_tensor(np.asarray(row_labels, dtype=np.int64))
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": lab}

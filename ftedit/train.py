@@ -64,6 +64,25 @@ def optimizer_steps(n_examples: int, train: TrainConfig) -> int:
     return max(1, micro_steps // train.grad_accum_steps)
 
 
+def micro_batches(shard, train: TrainConfig, seed: int):
+    """One epoch of a worker's shard as micro-batches, length-grouped (see group_by_length).
+
+    Every worker cuts its equal shard the same way, so all take the same number of steps,
+    which DeepSpeed's collectives require.
+    """
+    import numpy as np
+
+    window = train.micro_batch_size * train.group_by_length
+    rng = np.random.default_rng(seed)
+    for batch in shard.iter_batches(
+        batch_size=window, batch_format="numpy", local_shuffle_buffer_size=max(4 * window, 256), local_shuffle_seed=seed
+    ):
+        order = np.argsort(batch["n_tokens"], kind="stable") if train.group_by_length > 1 else np.arange(len(batch["n_tokens"]))
+        chunks = [order[i : i + train.micro_batch_size] for i in range(0, len(order), train.micro_batch_size)]
+        for j in rng.permutation(len(chunks)):
+            yield {key: batch[key][chunks[j]] for key in ("input_ids", "labels")}
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Runs on every Ray Train worker. `loop_config`: the run config as a dict, model path, counts."""
     cfg: RunConfig = from_dict(RunConfig, loop_config["run"])
@@ -77,6 +96,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import torch
 
     from ftedit.model import load_causal_lm, pad_token_id, prepare_trainable, trainable_parameters
+    from ftedit.loss import lm_loss
     from ftedit.tokenize import pad_batch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -115,15 +135,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     engine.train()
     for epoch in range(train.epochs):
         # Each epoch re-reads the shard in a new seeded order.
-        batches = shard.iter_batches(
-            batch_size=train.micro_batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=max(4 * train.micro_batch_size, 256),
-            local_shuffle_seed=cfg.seed + epoch,
-        )
-        for batch in batches:
+        for batch in micro_batches(shard, train, cfg.seed * 1000 + epoch):
             tensors = {k: v.to(device) for k, v in pad_batch(batch["input_ids"], batch["labels"], pad).items()}
-            loss = engine(**tensors).loss
+            loss = lm_loss(engine, tensors)
             engine.backward(loss)
             engine.step()
             n_tokens = int(tensors["attention_mask"].sum())

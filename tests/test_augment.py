@@ -1,0 +1,104 @@
+import pytest
+
+from ftedit.augment import Exclusions, augment_request, filter_fact_pool, generate_prefixes, normalize, with_prefix
+from ftedit.config import AugmentConfig
+from ftedit.requests import EditRequest, Fact, load_fact_pool, load_requests
+
+EDIT = EditRequest(
+    case_id="1",
+    prompt="The mother tongue of Danielle Darrieux is",
+    subject="Danielle Darrieux",
+    target_new="English",
+    target_true="French",
+    paraphrases=("Danielle Darrieux grew up speaking",),
+    neighbourhood=("Michel Rocard is a native speaker of",),
+)
+OTHER = EditRequest(
+    case_id="2",
+    prompt="Apple was founded by Steve",
+    subject="Apple",
+    target_new="Wozniak",
+    target_true="Jobs",
+    paraphrases=("The founder of Apple is Steve",),
+    neighbourhood=("The founder of NeXT was Steve",),
+)
+POOL = [
+    Fact("The capital of Spain is", "Madrid", "Spain"),
+    Fact("Michel Rocard is a native speaker of", "French", "Michel Rocard"),  # EDIT's neighbourhood prompt
+    Fact("The founder of Apple is Steve", "Jobs", "Apple Inc."),  # OTHER's paraphrase prompt
+    Fact("Danielle Darrieux was born in", "Bordeaux", "Danielle Darrieux"),  # edited subject
+    Fact("The birthplace of danielle darrieux is", "Bordeaux", "the actress"),  # subject inside the prompt
+    Fact("Apple was founded by Steve", "Jobs", "Apple (company)"),  # an edit prompt, with its old answer
+    Fact("The capital of Italy is", "Rome", "Italy"),
+]
+
+
+def test_pool_facts_that_are_evaluation_prompts_or_about_edited_subjects_are_dropped():
+    kept = filter_fact_pool(POOL, Exclusions.of([EDIT, OTHER]))
+    assert [f.prompt for f in kept] == ["The capital of Spain is", "The capital of Italy is"]
+
+
+def test_no_evaluation_prompt_of_any_edit_is_ever_trained_on(shared_data):
+    """Real data: 200 CounterFact edits with the real pool; no training prompt is an eval prompt."""
+    requests = load_requests(shared_data / "counterfact" / "counterfact-edit.json", limit=200).requests
+    exclusions = Exclusions.of(requests)
+    pool = filter_fact_pool(load_fact_pool(shared_data / "counterfact" / "counterfact-train.json"), exclusions)
+    # Add every eval prompt to the pool on purpose: the filter must catch them all.
+    planted = [Fact(p, "x", "planted") for r in requests for p in r.eval_prompts()]
+    pool = filter_fact_pool(pool + planted, exclusions)
+    cfg = AugmentConfig(n_paraphrase=3, prefix_bank=5, n_random=20)
+    prefixes = ["I", "The", "You", "Because", "Therefore"]
+    trained = set()
+    for r in requests:
+        trained |= {normalize(e["prompt"]) for e in augment_request(r, prefixes, pool, [], cfg, 0, exclusions.eval_prompts)}
+    assert trained and not (trained & exclusions.eval_prompts)
+    subjects = {normalize(r.subject) for r in requests}
+    for r in requests:
+        for e in augment_request(r, prefixes, pool, [], cfg, 0, exclusions.eval_prompts):
+            if e["kind"] == "random":
+                assert not any(s in normalize(e["prompt"]) for s in subjects if len(s) >= 4)
+
+
+def test_augmented_prompts_equal_to_an_eval_prompt_are_not_trained():
+    # This request's paraphrase is exactly what prefix "I" would make of its prompt.
+    request = EditRequest("9", "speaking", "speaking", "x", paraphrases=(with_prefix("I", "speaking"),))
+    cfg = AugmentConfig(n_paraphrase=1, prefix_bank=1, n_random=0)
+    forbidden = Exclusions.of([request]).eval_prompts
+    examples = augment_request(request, ["I"], [], [], cfg, 0, forbidden)
+    assert [e["kind"] for e in examples] == ["edit"]  # the prefixed copy is an eval prompt: dropped
+    assert len(augment_request(request, ["I"], [], [], cfg, 0)) == 2  # without the exclusion it would be trained
+
+
+def test_counts_kinds_and_targets():
+    cfg = AugmentConfig(n_paraphrase=2, prefix_bank=3, n_random=2, n_similar=1)
+    pool = [POOL[0], POOL[6], Fact("The capital of Peru is", "Lima", "Peru")]
+    examples = augment_request(EDIT, ["A b", "C d", "E f"], pool, [2, 0], cfg, seed=0)
+    kinds = [e["kind"] for e in examples]
+    assert kinds == ["edit", "paraphrase", "paraphrase", "similar", "random", "random"]
+    assert all(e["target"] == "English" for e in examples if e["kind"] in ("edit", "paraphrase"))
+    assert examples[3]["prompt"] == "The capital of Peru is" and examples[3]["target"] == "Lima"
+    # random facts are drawn among those not already chosen as similar
+    assert {e["prompt"] for e in examples[4:]} == {"The capital of Spain is", "The capital of Italy is"}
+    assert all(e["prompt"].endswith(". " + EDIT.prompt) for e in examples[1:3])
+
+
+def test_augmentation_is_seeded_per_request_not_per_batch():
+    cfg = AugmentConfig(n_paraphrase=2, prefix_bank=4, n_random=2)
+    prefixes, pool = ["a", "b", "c", "d"], POOL
+    alone = augment_request(EDIT, prefixes, pool, [], cfg, seed=3)
+    again = augment_request(EDIT, prefixes, pool, [], cfg, seed=3)
+    other_seed = [augment_request(EDIT, prefixes, pool, [], cfg, seed=s) for s in range(4, 10)]
+    assert alone == again
+    assert any(x != alone for x in other_seed)
+
+
+def test_prefixes_are_generated_by_the_model_and_reproducible(tiny_model):
+    from ftedit.model import load_causal_lm
+
+    model, tok = load_causal_lm(tiny_model)
+    cfg = AugmentConfig(prefix_bank=6, n_paraphrase=2, prefix_tokens=5, prefix_starts=["The", "I"])
+    first = generate_prefixes(model, tok, cfg, seed=1)
+    assert first == generate_prefixes(model, tok, cfg, seed=1)
+    assert first != generate_prefixes(model, tok, cfg, seed=2)
+    assert len(first) == 6 and sum(p.startswith("The") for p in first) == 3
+    assert all("\n" not in p and "{" not in p for p in first)

@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+
+from ftedit.evaluate import evaluate, metric_kind, score_probes
+from ftedit.model import load_causal_lm
+from ftedit.requests import EditRequest
+
+REQUESTS = [
+    EditRequest("a", "The capital of France is", "France", "Rome", "Paris",
+                paraphrases=("France's capital city is called",), neighbourhood=("The Louvre is in the city of",)),
+    EditRequest("b", "Apple was founded by Steve", "Apple", "Wozniak", "Jobs",
+                paraphrases=("The founder of Apple is Steve", "Apple's first CEO was Steve"),
+                neighbourhood=("The founder of NeXT was Steve",)),
+]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model):
+    return load_causal_lm(tiny_model)
+
+
+def reference_nll(model, tok, prompt, target):
+    """Unbatched, unpadded: the definition of the score."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    t = tok(" " + target, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([p + t])).logits[0]
+    logprobs = torch.log_softmax(logits.float(), -1)
+    return -sum(logprobs[len(p) - 1 + i, tok_id].item() for i, tok_id in enumerate(t)) / len(t)
+
+
+def test_scores_match_the_unbatched_definition_at_any_batch_size(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    probes = [(r.prompt, r.target_new) for r in REQUESTS] + [(p, "Paris") for p in REQUESTS[1].paraphrases]
+    by_one = score_probes(model, tok, probes, batch_size=1)
+    batched = score_probes(model, tok, probes, batch_size=8)
+    for probe in probes:
+        expected = reference_nll(model, tok, *probe)
+        assert by_one[probe].nll == pytest.approx(expected, abs=1e-4)
+        assert batched[probe].nll == pytest.approx(expected, abs=1e-4)
+        assert batched[probe].argmax == by_one[probe].argmax
+        assert len(batched[probe].correct) == len(tok(" " + probe[1], add_special_tokens=False)["input_ids"])
+
+
+def test_counterfact_metrics_from_scores(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    result = evaluate(model, tok, REQUESTS, "counterfact", batch_size=4)
+    r = REQUESTS[1]
+    nll = {p: (reference_nll(model, tok, p, r.target_new), reference_nll(model, tok, p, r.target_true))
+           for p in (r.prompt, *r.paraphrases, *r.neighbourhood)}
+    record = result.records[1]
+    assert record["es"] == float(nll[r.prompt][1] > nll[r.prompt][0])
+    assert record["ps"] == pytest.approx(sum(nll[p][1] > nll[p][0] for p in r.paraphrases) / 2)
+    assert record["ns"] == float(nll[r.neighbourhood[0]][1] < nll[r.neighbourhood[0]][0])
+    n0, t0 = nll[r.prompt]
+    assert record["em"] == pytest.approx(math.exp(-n0) - math.exp(-t0), abs=1e-5)
+    s = result.summary
+    assert s["efficacy"] == s["es"] and s["locality"] == s["ns"] and s["n_records"] == 2
+    assert s["easyedit_locality"] == 100.0  # the model agrees with itself
+
+
+def test_zsre_metrics_are_token_accuracies(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    result = evaluate(model, tok, REQUESTS, "zsre", batch_size=4)
+    for key in ("efficacy", "generalization", "specificity", "edit_score"):
+        assert 0.0 <= result.summary[key] <= 100.0
+    assert "es" not in result.summary
+
+
+def test_easyedit_locality_compares_with_the_reference(model_and_tokenizer, tiny_model):
+    model, tok = model_and_tokenizer
+    before = evaluate(model, tok, REQUESTS, "counterfact", batch_size=4)
+    other, _ = load_causal_lm(tiny_model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    after = evaluate(other, tok, REQUESTS, "counterfact", batch_size=4, reference=before)
+    assert after.summary["easyedit_locality"] < 100.0
+
+
+def test_metric_kind():
+    no_true = [EditRequest("z", "Who made X?", "X", "Y")]
+    assert metric_kind(REQUESTS, "jsonl", "auto") == "counterfact"
+    assert metric_kind(REQUESTS, "zsre", "auto") == "zsre"
+    assert metric_kind(no_true, "jsonl", "auto") == "zsre"
+    with pytest.raises(ValueError, match="target_true"):
+        metric_kind(no_true, "jsonl", "counterfact")

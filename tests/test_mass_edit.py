@@ -1,0 +1,130 @@
+"""End to end: jobs/mass_edit.py on configs/smoke.yaml (tiny random Llama, 2 Ray Train workers,
+DeepSpeed ZeRO-2 + LoRA), plus the failure paths of the job."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(900)
+
+
+def run_job(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "jobs/mass_edit.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    proc = run_job("--config", "configs/smoke.yaml", f"output.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc
+
+
+def test_outputs_are_complete(smoke_run):
+    out, proc = smoke_run
+    for name in ("config.yaml", "prefixes.json", "per_edit.jsonl", "summary.json", "report.md",
+                 "adapter/adapter_model.safetensors", "model/config.json"):
+        assert (out / name).is_file(), name
+    assert not out.with_name(out.name + ".incomplete").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_edits"] == 6 and summary["wall_seconds"] > 0
+    for side in ("before", "after"):
+        for key in ("efficacy", "generalization", "locality", "edit_score", "es", "ps", "ns", "em", "pm", "nm"):
+            assert 0 <= abs(summary[side][key]) <= 100, (side, key)
+    rows = [json.loads(line) for line in (out / "per_edit.jsonl").read_text().splitlines()]
+    assert [r["case_id"] for r in rows] == [f"sample-{i}" for i in range(6)]
+    assert len(json.loads((out / "prefixes.json").read_text())) == 8
+    assert "| Efficacy |" in (out / "report.md").read_text()
+    assert "edit score" in proc.stdout  # the one-line result for the user
+    assert "loss" in proc.stderr and "tokens/s" in proc.stderr  # progress while training
+
+
+def test_efficacy_goes_from_chance_to_all_edits(smoke_run):
+    summary = json.loads((smoke_run[0] / "summary.json").read_text())
+    assert summary["before"]["efficacy"] <= 70.0  # a random model prefers either answer by chance
+    assert summary["after"]["efficacy"] == 100.0
+    assert summary["after"]["em"] > summary["before"]["em"]
+    assert summary["examples"]["by_kind"] == {"edit": 6, "paraphrase": 18, "random": 18}
+    assert summary["train"]["optimizer_steps"] > 0
+
+
+def test_merged_checkpoint_reloads_and_reproduces_post_edit_scores(smoke_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftedit.evaluate import evaluate
+    from ftedit.requests import load_requests
+
+    out = smoke_run[0]
+    summary = json.loads((out / "summary.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    requests = load_requests(REPO / "data" / "sample_edits.jsonl", limit=6).requests
+    result = evaluate(model, tok, requests, "counterfact", batch_size=8)
+    for key in ("es", "ps", "ns", "edit_score"):
+        assert result.summary[key] == pytest.approx(summary["after"][key], abs=1e-6), key
+    for key in ("em", "pm", "nm"):
+        assert result.summary[key] == pytest.approx(summary["after"][key], abs=1e-3), key
+
+
+def test_rerun_from_the_saved_config_reproduces_the_run(smoke_run, tmp_path):
+    out = smoke_run[0]
+    proc = run_job("--config", str(out / "config.yaml"), f"output.dir={tmp_path / 'again'}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    first = json.loads((out / "summary.json").read_text())
+    second = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert json.loads((tmp_path / "again" / "prefixes.json").read_text()) == json.loads((out / "prefixes.json").read_text())
+    assert second["before"] == first["before"]
+    for key in ("es", "ps", "ns", "edit_score"):
+        assert second["after"][key] == pytest.approx(first["after"][key], abs=1e-6), key
+    assert second["after"]["em"] == pytest.approx(first["after"]["em"], abs=1e-3)
+
+
+def test_bad_request_fails_before_anything_is_written(tmp_path):
+    bad = tmp_path / "edits.jsonl"
+    bad.write_text(
+        json.dumps({"case_id": "ok", "prompt": "The capital of France is", "subject": "France", "target_new": "Rome"}) + "\n"
+        + json.dumps({"case_id": "c7", "prompt": "Paris is in", "subject": "Paris", "target_new": 42}) + "\n"
+    )
+    out = tmp_path / "run"
+    proc = run_job("--config", "configs/smoke.yaml", f"data.requests={bad}", f"output.dir={out}", timeout=120)
+    assert proc.returncode == 2
+    assert str(bad) in proc.stderr and "record 1" in proc.stderr and "c7" in proc.stderr
+    assert "'target_new'" in proc.stderr
+    assert not out.exists() and not out.with_name("run.incomplete").exists()
+
+
+def test_bad_config_value_names_the_key(tmp_path):
+    proc = run_job("--config", "configs/smoke.yaml", "train.lr=-1", f"output.dir={tmp_path / 'r'}", timeout=120)
+    assert proc.returncode == 2 and "train.lr: must be > 0" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_output_dir_is_not_overwritten(tmp_path):
+    (tmp_path / "r").mkdir()
+    proc = run_job("--config", "configs/smoke.yaml", f"output.dir={tmp_path / 'r'}", timeout=120)
+    assert proc.returncode == 2 and "output.overwrite=true" in proc.stderr
+
+
+def test_a_run_that_fails_midway_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    import ftedit.dataset
+    import ftedit.pipeline
+    from ftedit.config import load_config
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("worker node lost")
+
+    monkeypatch.setattr(ftedit.pipeline, "init_ray", lambda cfg: None)
+    monkeypatch.setattr(ftedit.dataset, "build_training_dataset", crash)
+    cfg = load_config(REPO / "configs" / "smoke.yaml", [f"output.dir={tmp_path / 'run'}", "data.limit=2"])
+    monkeypatch.chdir(REPO)
+    with pytest.raises(RuntimeError, match="worker node lost"):
+        ftedit.pipeline.run_mass_edit(cfg)
+    assert not (tmp_path / "run").exists()
+    staged = tmp_path / "run.incomplete"
+    assert staged.is_dir() and not (staged / "summary.json").exists()

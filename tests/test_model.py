@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from ftedit.assets import resolve_model_path
+from ftedit.config import LoraConfig, TrainConfig
+from ftedit.model import decoder_layers, load_causal_lm, load_edited, prepare_trainable, save_trained
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+IDS = torch.tensor([[5, 17, 42, 99, 3]])
+
+
+def test_decoder_layers_found_structurally(tiny_model):
+    model, _ = load_causal_lm(tiny_model)
+    name, layers = decoder_layers(model)
+    assert name.endswith("layers") and len(layers) == model.config.num_hidden_layers == 2
+
+
+def test_lora_on_chosen_layers_only(tiny_model):
+    model, _ = load_causal_lm(tiny_model)
+    model = prepare_trainable(model, TrainConfig(tuning="lora", layers=[1]), LoraConfig(rank=4), seed=0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and ".layers.1." in n for n in trainable)
+
+
+def test_full_tuning_of_chosen_layers(tiny_model):
+    model, _ = load_causal_lm(tiny_model)
+    model = prepare_trainable(model, TrainConfig(tuning="full", layers=[0]), LoraConfig(), seed=0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.0." in n for n in trainable)
+
+
+def test_layer_out_of_range_is_an_error(tiny_model):
+    model, _ = load_causal_lm(tiny_model)
+    with pytest.raises(ValueError, match=r"train.layers: \[7\] out of range"):
+        prepare_trainable(model, TrainConfig(layers=[7]), LoraConfig(), seed=0)
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_saved_weights_reload_into_an_equivalent_plain_model(tiny_model, tmp_path, tuning):
+    model, _ = load_causal_lm(tiny_model)
+    model = prepare_trainable(model, TrainConfig(tuning=tuning), LoraConfig(rank=4), seed=0)
+    with torch.no_grad():  # stand-in for training: move every trainable tensor
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    expected = logits(model, IDS)
+    save_trained(model, tmp_path / "trained", tuning)
+    edited, _ = load_edited(tiny_model, tmp_path / "trained")
+    assert not any("lora" in n for n, _ in edited.named_parameters())  # merged: a plain causal LM
+    assert torch.allclose(logits(edited, IDS), expected, atol=1e-4)
+    base, _ = load_causal_lm(tiny_model)
+    assert not torch.allclose(logits(base, IDS), expected, atol=1e-4)
+
+
+def test_resolve_model_path_rejects_non_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face checkpoint"):
+        resolve_model_path(str(tmp_path), str(tmp_path / "cache"))
+    assert resolve_model_path("tiny-random-llama", str(tmp_path / "cache")).joinpath("config.json").is_file()

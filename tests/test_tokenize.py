@@ -1,0 +1,58 @@
+import pytest
+
+from ftedit.tokenize import IGNORE_INDEX, encode_example, encode_pair, pad_batch
+
+
+class CharTokenizer:
+    """One token per character: lets a test choose exactly which tokens repeat."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_conditional_mask_is_by_position_even_when_prompt_tokens_repeat_in_target():
+    tok = CharTokenizer()
+    # The target " aab" reuses the prompt's characters; masking by value would get this wrong.
+    example = encode_example(tok, "aab", "aab", conditional=True)
+    assert example["input_ids"] == [97, 97, 98, 32, 97, 97, 98]
+    assert example["labels"] == [IGNORE_INDEX] * 3 + [32, 97, 97, 98]
+
+
+def test_full_likelihood_labels_every_token():
+    example = encode_example(CharTokenizer(), "ab", "c", conditional=False)
+    assert example["input_ids"] == [97, 98, 32, 99]
+    assert example["labels"] == [IGNORE_INDEX, 98, 32, 99]  # the first token has no predecessor
+
+
+def test_target_gets_one_leading_space():
+    prompt_ids, target_ids = encode_pair(CharTokenizer(), "x is", "  y ")
+    assert target_ids == [32, ord("y")]
+
+
+def test_empty_target_is_an_error():
+    class Empty(CharTokenizer):
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [] if text.strip() == "" else [1]}
+
+    with pytest.raises(ValueError, match="tokenizes to nothing"):
+        encode_pair(Empty(), "p", "")
+
+
+def test_real_tokenizer_mask_positions(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = "The capital of France is Paris, and the capital of France is"
+    example = encode_example(tok, prompt, "Paris")
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert example["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert example["labels"][n_prompt:] == example["input_ids"][n_prompt:]
+    assert tok.decode(example["input_ids"][n_prompt:]) == " Paris"
+
+
+def test_pad_batch_left_pads_and_counts_positions_over_real_tokens():
+    batch = pad_batch([[5, 6, 7], [8]], [[IGNORE_INDEX, 6, 7], [8]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX, IGNORE_INDEX, 8]]
