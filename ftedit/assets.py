@@ -119,7 +119,12 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     log.info("converting %s to a Hugging Face checkpoint (about 20 s)", gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_config(loaded.config)
+    config = loaded.config
+    # The weights are dequantized fp32 now; a leftover GGUF quantization_config would make every
+    # model loaded from this checkpoint refuse save_pretrained.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

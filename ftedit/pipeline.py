@@ -41,7 +41,7 @@ def init_ray(cfg: RunConfig) -> None:
         if os.environ.get("RAY_ADDRESS"):
             ray.init()  # inside `ray job submit`: resources belong to the cluster
         else:
-            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+            ray.init(num_cpus=cfg.ray.num_cpus)  # dashboard on: watch the job at http://127.0.0.1:8265
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # same seed, same examples, same order
     context.enable_progress_bars = False  # our own progress lines are easier to read in job logs

@@ -131,30 +131,42 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     started = time.perf_counter()
-    micro_steps, tokens_seen, window_tokens, window_loss, window_start = 0, 0, 0, 0.0, started
+    micro_steps, tokens_seen = 0, 0
+    window = {"tokens": 0, "padded": 0, "loss": 0.0, "data_wait": 0.0, "start": started}
     engine.train()
     for epoch in range(train.epochs):
         # Each epoch re-reads the shard in a new seeded order.
-        for batch in micro_batches(shard, train, cfg.seed * 1000 + epoch):
+        batches = iter(micro_batches(shard, train, cfg.seed * 1000 + epoch))
+        while True:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
             tensors = {k: v.to(device) for k, v in pad_batch(batch["input_ids"], batch["labels"], pad).items()}
+            window["data_wait"] += time.perf_counter() - waited
             loss = lm_loss(engine, tensors)
             engine.backward(loss)
             engine.step()
             n_tokens = int(tensors["attention_mask"].sum())
             micro_steps += 1
             tokens_seen += n_tokens
-            window_tokens += n_tokens
-            window_loss += loss.item()
-            if micro_steps % train.grad_accum_steps == 0 and (micro_steps // train.grad_accum_steps) % train.log_every == 0:
+            window["tokens"] += n_tokens
+            window["padded"] += tensors["attention_mask"].numel()
+            window["loss"] += loss.item()
+            step, at_boundary = divmod(micro_steps, train.grad_accum_steps)
+            if at_boundary == 0 and step % train.log_every == 0:
                 now = time.perf_counter()
                 if rank == 0:
                     log.info(
-                        "epoch %d/%d step %d/%d loss %.4f lr %.2e %.0f tokens/s (this worker) elapsed %.0f s",
-                        epoch + 1, train.epochs, micro_steps // train.grad_accum_steps, total_steps,
-                        window_loss / (train.log_every * train.grad_accum_steps), scheduler.get_last_lr()[0],
-                        window_tokens / max(now - window_start, 1e-9), now - started,
+                        "epoch %d/%d step %d/%d loss %.4f lr %.2e | %.0f tokens/s (this worker), "
+                        "%.0f%% of the batch is padding, %.0f%% waiting for data | elapsed %.0f s",
+                        epoch + 1, train.epochs, step, total_steps,
+                        window["loss"] / (train.log_every * train.grad_accum_steps), scheduler.get_last_lr()[0],
+                        window["tokens"] / max(now - window["start"], 1e-9),
+                        100 * (1 - window["tokens"] / max(window["padded"], 1)),
+                        100 * window["data_wait"] / max(now - window["start"], 1e-9), now - started,
                     )
-                window_tokens, window_loss, window_start = 0, 0.0, now
+                window = {"tokens": 0, "padded": 0, "loss": 0.0, "data_wait": 0.0, "start": now}
 
     seconds = time.perf_counter() - started
     metrics = {

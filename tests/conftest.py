@@ -35,3 +35,17 @@ def _deepspeed_environment():
             os.remove(path)
         except OSError:
             pass
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory, tiny_model) -> Path:
+    """A tiny random BERT encoder sharing the tiny model's tokenizer (stands in for MiniLM)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("embedder") / "bert"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

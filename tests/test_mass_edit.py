@@ -128,3 +128,24 @@ def test_a_run_that_fails_midway_leaves_nothing_that_looks_complete(tmp_path, mo
     assert not (tmp_path / "run").exists()
     staged = tmp_path / "run.incomplete"
     assert staged.is_dir() and not (staged / "summary.json").exists()
+
+
+def test_zero3_full_finetuning_with_similar_facts_and_own_answers(tmp_path, tiny_embedder):
+    """The other training path: ZeRO-3 (parameters gathered to save), full fine-tuning of one
+    layer, similar facts by embedding and locality targets from the unedited model."""
+    out = tmp_path / "run"
+    proc = run_job(
+        "--config", "configs/smoke.yaml", f"output.dir={out}", "data.limit=4",
+        "train.tuning=full", "train.layers=[1]", "train.zero_stage=3", "train.lr=5e-3",
+        "augment.n_similar=2", "augment.locality_target=model", f"augment.embedding_model={tiny_embedder}",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["examples"]["by_kind"] == {"edit": 4, "paraphrase": 12, "random": 12, "similar": 8}
+    assert (out / "trained_layers" / "trained_weights.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    trained = load_file(str(out / "trained_layers" / "trained_weights.safetensors"))
+    assert trained and all(".layers.1." in name for name in trained)
+    assert all(t.numel() > 0 for t in trained.values())  # gathered, not ZeRO-3 placeholders
+    assert summary["after"]["efficacy"] > summary["before"]["efficacy"]

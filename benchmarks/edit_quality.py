@@ -1,0 +1,90 @@
+"""Edit-quality benchmark: run the mass-edit job on a benchmark config, record it in BENCHMARKS.md.
+
+    python benchmarks/edit_quality.py --config configs/bench-counterfact-smollm2.yaml [key=value ...]
+
+Runs the same library code as jobs/mass_edit.py, saves the measured numbers to
+benchmarks/results/<config name>.json and rewrites the results table in BENCHMARKS.md from every
+results file there. Nothing in the table is typed by hand.
+"""
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ftedit.config import load_config, to_dict  # noqa: E402
+from ftedit.pipeline import run_mass_edit  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+TABLE_START, TABLE_END = "<!-- edit-quality:start -->", "<!-- edit-quality:end -->"
+METRICS = ("es", "ps", "ns", "edit_score")
+
+
+def machine() -> str:
+    import torch
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def render_table() -> str:
+    rows = [
+        "| config | edits | before ES / PS / NS / score | after ES / PS / NS / score | wall (s) | train tokens/s | machine | date |",
+        "|---|---:|---|---|---:|---:|---|---|",
+    ]
+    for path in sorted(RESULTS.glob("*.json")):
+        if path.name.startswith("ladder"):
+            continue
+        r = json.loads(path.read_text())
+        fmt = lambda side: " / ".join(f"{r[side][k]:.1f}" for k in METRICS)  # noqa: E731
+        rows.append(
+            f"| `{r['config']}` | {r['n_edits']} | {fmt('before')} | {fmt('after')} | {r['wall_seconds']:.0f} "
+            f"| {r['train_tokens_per_s']:.0f} | {r['machine']} | {r['date']} |"
+        )
+    return "\n".join(rows)
+
+
+def update_benchmarks_md() -> None:
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    path.write_text(text[:start] + "\n" + render_table() + "\n" + text[end:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    name = Path(args.config).stem
+    cfg = load_config(args.config, [f"output.dir=runs/{name}", "output.overwrite=true", *args.overrides])
+    summary = run_mass_edit(cfg)
+    result = {
+        "config": args.config + ("" if not args.overrides else " " + " ".join(args.overrides)),
+        "command": " ".join(["python", "benchmarks/edit_quality.py", "--config", args.config, *args.overrides]),
+        "n_edits": summary["n_edits"],
+        "before": {k: summary["before"][k] for k in METRICS},
+        "after": {k: summary["after"][k] for k in METRICS},
+        "wall_seconds": summary["wall_seconds"],
+        "train_seconds": summary["train"]["train_seconds"],
+        "train_tokens_per_s": summary["train"]["train_tokens_per_s"],
+        "examples": summary["examples"],
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "resolved_config": to_dict(cfg),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    update_benchmarks_md()
+    print(render_table())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+import numpy as np
+
+from ftedit.dataset import OwnAnswers, augment_batch
+from ftedit.config import AugmentConfig
+from ftedit.requests import Fact
+
+
+def test_locality_facts_get_the_unedited_models_own_greedy_answer(tiny_model):
+    stage = OwnAnswers(str(tiny_model), "float32", max_new_tokens=3)
+    batch = {
+        "case_id": np.array(["1", "1", "1"], dtype=object),
+        "prompt": np.array(["The capital of France is", "The capital of Spain is", "The capital of Spain is"], dtype=object),
+        "target": np.array(["Rome", "Madrid", "Madrid"], dtype=object),
+        "kind": np.array(["edit", "random", "similar"], dtype=object),
+    }
+    out = stage(batch)
+    assert out["target"][0] == "Rome"  # edits keep their new target
+    own = stage.answer("The capital of Spain is")
+    expected = own or "Madrid"  # an empty greedy answer keeps the gold one
+    assert list(out["target"][1:]) == [expected, expected]
+
+
+def test_augment_batch_expands_request_rows():
+    batch = {
+        "case_id": np.array(["a", "b"], dtype=object),
+        "prompt": np.array(["The capital of France is", "Apple was founded by Steve"], dtype=object),
+        "subject": np.array(["France", "Apple"], dtype=object),
+        "target_new": np.array(["Rome", "Wozniak"], dtype=object),
+        "similar": np.array([np.array([0]), np.array([], dtype=np.int64)], dtype=object),
+    }
+    pool = [Fact("The capital of Spain is", "Madrid", "Spain"), Fact("The capital of Peru is", "Lima", "Peru")]
+    cfg = AugmentConfig(n_paraphrase=1, prefix_bank=2, n_random=1, n_similar=1)
+    out = augment_batch(batch, ["I see", "You"], pool, cfg, seed=0, forbidden=frozenset())
+    assert list(out["kind"]) == ["edit", "paraphrase", "similar", "random", "edit", "paraphrase", "random"]
+    assert out["prompt"][2] == "The capital of Spain is" and out["target"][2] == "Madrid"
+    assert out["prompt"][3] == "The capital of Peru is"  # the similar fact is not drawn again at random
+    assert set(out["case_id"]) == {"a", "b"}

