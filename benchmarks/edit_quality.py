@@ -1,6 +1,7 @@
 """Edit-quality benchmark: run the mass-edit job on a benchmark config, record it in BENCHMARKS.md.
 
     python benchmarks/edit_quality.py --config configs/bench-counterfact-smollm2.yaml [key=value ...]
+    python benchmarks/edit_quality.py --from-run runs/some-finished-run     # record a finished run
 
 Runs the same library code as jobs/mass_edit.py, saves the measured numbers to
 benchmarks/results/<config name>.json and rewrites the results table in BENCHMARKS.md from every
@@ -57,18 +58,15 @@ def update_benchmarks_md() -> None:
     path.write_text(text[:start] + "\n" + render_table() + "\n" + text[end:])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    name = Path(args.config).stem
-    cfg = load_config(args.config, [f"output.dir=runs/{name}", "output.overwrite=true", *args.overrides])
-    summary = run_mass_edit(cfg)
+def result_name(config: str, overrides: list[str]) -> str:
+    slug = "__".join(o.replace("=", "-").replace("/", "_").replace(".", "_") for o in overrides)
+    return Path(config).stem + (f"__{slug}" if slug else "")
+
+
+def record(summary: dict, cfg, label: str, command: str, name: str) -> None:
     result = {
-        "config": args.config + ("" if not args.overrides else " " + " ".join(args.overrides)),
-        "command": " ".join(["python", "benchmarks/edit_quality.py", "--config", args.config, *args.overrides]),
+        "config": label,
+        "command": command,
         "n_edits": summary["n_edits"],
         "before": {k: summary["before"][k] for k in METRICS},
         "after": {k: summary["after"][k] for k in METRICS},
@@ -84,6 +82,31 @@ def main() -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     update_benchmarks_md()
     print(render_table())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="run this benchmark config")
+    source.add_argument("--from-run", help="record a finished run directory (its config.yaml and summary.json)")
+    parser.add_argument("--name", help="results file name (default: from the config and overrides)")
+    parser.add_argument("--label", help="with --from-run: what the run was (config and overrides), for the table")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.from_run:
+        run = Path(args.from_run)
+        cfg = load_config(run / "config.yaml")
+        summary = json.loads((run / "summary.json").read_text())
+        name = args.name or run.name
+        label = f"{args.label or run.name} (recorded from its run directory)"
+        record(summary, cfg, label, f"python benchmarks/edit_quality.py --from-run {run}", name)
+        return
+    name = args.name or result_name(args.config, args.overrides)
+    cfg = load_config(args.config, [f"output.dir=runs/{name}", "output.overwrite=true", *args.overrides])
+    summary = run_mass_edit(cfg)
+    label = " ".join([args.config, *args.overrides])
+    record(summary, cfg, label, " ".join(["python benchmarks/edit_quality.py --config", label]), name)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,17 @@ def test_augment_batch_expands_request_rows():
     assert out["prompt"][2] == "The capital of Spain is" and out["target"][2] == "Madrid"
     assert out["prompt"][3] == "The capital of Peru is"  # the similar fact is not drawn again at random
     assert set(out["case_id"]) == {"a", "b"}
+
+
+def test_example_counts_sum_per_kind_and_tokens():
+    import ray
+
+    from ftedit.dataset import example_counts
+
+    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        rows = [{"kind": k, "n_tokens": n} for k, n in [("edit", 5), ("random", 3), ("edit", 7), ("paraphrase", 9)]]
+        ds = ray.data.from_items(rows, override_num_blocks=2)
+        assert example_counts(ds) == {"examples": 4, "tokens": 24, "by_kind": {"edit": 2, "paraphrase": 1, "random": 1}}
+    finally:
+        ray.shutdown()
