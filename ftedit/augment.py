@@ -111,26 +111,33 @@ def generate_prefixes(model, tokenizer, cfg: AugmentConfig, seed: int) -> list[s
     """
     import torch
 
+    generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    starts = [cfg.prefix_starts[i % len(cfg.prefix_starts)] for i in range(cfg.prefix_bank)]
     prefixes: list[str] = []
+    starts = [cfg.prefix_starts[i % len(cfg.prefix_starts)] for i in range(cfg.prefix_bank)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()
-    # fork_rng: seed the sampling without changing the caller's random state.
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for start in dict.fromkeys(starts):  # unique starts, in order
+    with torch.no_grad():
+        for start in sorted(set(starts), key=starts.index):
+            count = starts.count(start)
             ids = tokenizer(start, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-            out = model.generate(
-                ids.repeat(starts.count(start), 1),
-                attention_mask=torch.ones_like(ids).repeat(starts.count(start), 1),
-                do_sample=True,
-                top_k=5,
-                max_new_tokens=cfg.prefix_tokens,
-                pad_token_id=pad_id,
-            )
+            ids = ids.repeat(count, 1)
+            out = _sample(model, ids, cfg.prefix_tokens, generator, pad_id)
             for row in out:
-                text = tokenizer.decode(row, skip_special_tokens=True).replace("{", " ").replace("}", " ")
-                first_line = text.strip().splitlines()[0].strip() if text.strip() else ""
-                prefixes.append(first_line or start)
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                text = text.replace("{", " ").replace("}", " ").splitlines()[0].strip() if text.strip() else start
+                prefixes.append(text or start)
     return prefixes
+
+
+def _sample(model, ids, new_tokens: int, generator, pad_id: int, top_k: int = 5):
+    """Top-k sampling with an explicit generator, so prefixes are reproducible from the seed."""
+    import torch
+
+    for _ in range(new_tokens):
+        logits = model(input_ids=ids).logits[:, -1, :].float()
+        top = torch.topk(logits, top_k, dim=-1)
+        probs = torch.softmax(top.values, dim=-1).cpu()
+        pick = torch.multinomial(probs, 1, generator=generator).to(ids.device)
+        ids = torch.cat([ids, top.indices.gather(-1, pick)], dim=-1)
+    return ids
