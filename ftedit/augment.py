@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from ftedit.config import AugmentConfig
 from ftedit.requests import EditRequest, Fact
 
-KINDS = ("edit", "paraphrase", "random", "similar")
+# Example kinds: "edit", "paraphrase" (train the new target), and the locality facts below.
+LOCALITY_KINDS = ("random", "similar")
 
 
 def normalize(prompt: str) -> str:
@@ -115,14 +116,13 @@ def generate_prefixes(model, tokenizer, cfg: AugmentConfig, seed: int) -> list[s
     device = next(model.parameters()).device
     prefixes: list[str] = []
     starts = [cfg.prefix_starts[i % len(cfg.prefix_starts)] for i in range(cfg.prefix_bank)]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()
     with torch.no_grad():
         for start in sorted(set(starts), key=starts.index):
             count = starts.count(start)
             ids = tokenizer(start, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
             ids = ids.repeat(count, 1)
-            out = _sample(model, ids, cfg.prefix_tokens, generator, pad_id)
+            out = _sample(model, ids, cfg.prefix_tokens, generator)
             for row in out:
                 text = tokenizer.decode(row, skip_special_tokens=True)
                 text = text.replace("{", " ").replace("}", " ").splitlines()[0].strip() if text.strip() else start
@@ -130,7 +130,7 @@ def generate_prefixes(model, tokenizer, cfg: AugmentConfig, seed: int) -> list[s
     return prefixes
 
 
-def _sample(model, ids, new_tokens: int, generator, pad_id: int, top_k: int = 5):
+def _sample(model, ids, new_tokens: int, generator, top_k: int = 5):
     """Top-k sampling with an explicit generator, so prefixes are reproducible from the seed."""
     import torch
 

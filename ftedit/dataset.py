@@ -11,14 +11,12 @@ import logging
 
 import numpy as np
 
-from ftedit.augment import augment_request
+from ftedit.augment import LOCALITY_KINDS, augment_request
 from ftedit.config import RunConfig
 from ftedit.requests import EditRequest, Fact
 from ftedit.tokenize import TokenizeBatch
 
 log = logging.getLogger(__name__)
-
-LOCALITY_KINDS = ("random", "similar")
 
 
 def augment_batch(batch: dict, prefixes, pool, cfg, seed, forbidden) -> dict:

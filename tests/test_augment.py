@@ -1,5 +1,3 @@
-import pytest
-
 from ftedit.augment import Exclusions, augment_request, filter_fact_pool, generate_prefixes, normalize, with_prefix
 from ftedit.config import AugmentConfig
 from ftedit.requests import EditRequest, Fact, load_fact_pool, load_requests
