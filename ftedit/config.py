@@ -188,8 +188,8 @@ class EvalConfig:
     """Metric family: `counterfact` (probability comparisons, ES/PS/NS) or `zsre` (token accuracy);
     auto = zsre for zsRE data, else counterfact when every request has a true answer."""
     batch_size: int = 64
-    before: bool = True
-    """Also evaluate the unedited model (the report's `before` column)."""
+    """Probes (prompt, target) scored per forward pass. The unedited model is always scored too:
+    it is the report's `before` column and the reference of EasyEdit locality."""
 
     def __post_init__(self):
         _require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
