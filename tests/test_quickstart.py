@@ -30,7 +30,7 @@ def test_quickstart_edits_the_bundled_model(tmp_path):
     assert after["generalization"] >= before["generalization"] + 30.0
     # Neighbourhood prompts here share the edit's relation and true answer (the Eiffel Tower edit
     # has "Notre-Dame is in the city of"), and 4 epochs at lr 1e-3 on 10 edits overwrite many of
-    # them: measured 90 -> 20 with this config (and 55 with another prefix sample). The bound
+    # them: measured 90 -> 25 with this config (20 and 55 with other batch orders / prefixes). The bound
     # only catches a total collapse; the loss itself is reported in README.md.
     assert after["locality"] >= 10.0
     assert after["edit_score"] >= before["edit_score"] + 20.0
