@@ -65,7 +65,8 @@ def optimizer_steps(n_examples: int, train: TrainConfig) -> int:
 
 
 def micro_batches(shard, train: TrainConfig, seed: int):
-    """One epoch of a worker's shard as micro-batches, length-grouped (see group_by_length).
+    """One epoch of a worker's shard as micro-batches: mixed, or length-grouped when
+    `group_by_length` > 1 (less padding, single-kind batches).
 
     Every worker cuts its equal shard the same way, so all take the same number of steps,
     which DeepSpeed's collectives require.
