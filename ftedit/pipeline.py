@@ -17,7 +17,8 @@ from ftedit.assets import resolve_model_path
 from ftedit.augment import Exclusions, filter_fact_pool, generate_prefixes
 from ftedit.config import RunConfig, dump_config
 from ftedit.evaluate import evaluate, metric_kind
-from ftedit.model import load_causal_lm, load_edited
+from ftedit.loss import check_packing
+from ftedit.model import load_causal_lm, load_edited, pad_token_id
 from ftedit.report import render_markdown, write_json, write_per_edit
 from ftedit.requests import load_fact_pool, load_requests
 
@@ -91,7 +92,8 @@ def run_mass_edit(cfg: RunConfig) -> dict:
 
     # 3. The unedited model, scored by the same code that scores the edited one.
     log.info("evaluating the unedited model")
-    before = evaluate(model, tokenizer, requests, kind, cfg.eval.batch_size)
+    check_packing(model, pad_token_id(tokenizer))
+    before = evaluate(model, tokenizer, requests, kind, cfg.eval)
     del model
 
     # 4. Augment + tokenize on Ray Data, train on Ray Train + DeepSpeed.
@@ -115,7 +117,7 @@ def run_mass_edit(cfg: RunConfig) -> dict:
         edited.save_pretrained(staging / "model")
         tokenizer.save_pretrained(staging / "model")
     log.info("evaluating the edited model")
-    after = evaluate(edited, tokenizer, requests, kind, cfg.eval.batch_size, reference=before)
+    after = evaluate(edited, tokenizer, requests, kind, cfg.eval, reference=before)
 
     # 6. Report, then make the run directory visible under its real name.
     summary = {

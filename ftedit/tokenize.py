@@ -68,24 +68,53 @@ def _ragged(rows: list[list[int]]) -> np.ndarray:
     return array
 
 
-def pad_batch(input_ids, labels, pad_id: int):
-    """Left-pad ragged rows into tensors: input_ids, attention_mask, position_ids, labels.
+def pack_rows(lengths: list[int], row_length: int) -> list[list[int]]:
+    """Assign examples to rows of at most `row_length` tokens (first fit, longest first).
 
-    Left padding puts every target at the end of its row, so the loss needs logits for the last
-    few positions only (loss.py). position_ids count real tokens, so padding does not shift
-    positions: a row scores the same padded or alone.
+    A row is never shorter than the longest example, so every example fits somewhere.
+    """
+    capacity = max(row_length, max(lengths))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, room in enumerate(free):
+            if lengths[i] <= room:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(capacity - lengths[i])
+    return rows
+
+
+def pack_batch(input_ids, labels, pad_id: int, row_length: int):
+    """Pack ragged examples end to end into rows: input_ids, position_ids, labels, example.
+
+    Position ids restart at 0 for every example; with no attention mask, transformers reads
+    those restarts as sequence boundaries and attends block-diagonally, so an example scores
+    exactly as it would alone (loss.check_packing verifies this for the loaded model). Packing
+    replaces padding: only the tail of each row is filler, which forms its own block and
+    carries no label. `example[r, t]` is the index of the example at that position, -1 for
+    filler.
     """
     import torch
 
-    width = max(len(row) for row in input_ids)
-    n = len(input_ids)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    lab = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-    for i, (row_ids, row_labels) in enumerate(zip(input_ids, labels)):
-        k = len(row_ids)
-        ids[i, width - k :] = torch.as_tensor(np.asarray(row_ids, dtype=np.int64))
-        mask[i, width - k :] = 1
-        lab[i, width - k :] = torch.as_tensor(np.asarray(row_labels, dtype=np.int64))
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": lab}
+    lengths = [len(row) for row in input_ids]
+    rows = pack_rows(lengths, row_length)
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    lab = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    example = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            end = start + lengths[i]
+            ids[r, start:end] = torch.as_tensor(np.asarray(input_ids[i], dtype=np.int64))
+            lab[r, start:end] = torch.as_tensor(np.asarray(labels[i], dtype=np.int64))
+            pos[r, start:end] = torch.arange(lengths[i])
+            example[r, start:end] = i
+            start = end
+        pos[r, start:] = torch.arange(width - start)  # filler: one more block of its own
+    return {"input_ids": ids, "position_ids": pos, "labels": lab, "example": example}

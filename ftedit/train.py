@@ -65,23 +65,16 @@ def optimizer_steps(n_examples: int, train: TrainConfig) -> int:
 
 
 def micro_batches(shard, train: TrainConfig, seed: int):
-    """One epoch of a worker's shard as micro-batches: mixed, or length-grouped when
-    `group_by_length` > 1 (less padding, single-kind batches).
+    """One epoch of a worker's shard as micro-batches of `micro_batch_size` examples, shuffled.
 
     Every worker cuts its equal shard the same way, so all take the same number of steps,
     which DeepSpeed's collectives require.
     """
-    import numpy as np
-
-    window = train.micro_batch_size * train.group_by_length
-    rng = np.random.default_rng(seed)
+    size = train.micro_batch_size
     for batch in shard.iter_batches(
-        batch_size=window, batch_format="numpy", local_shuffle_buffer_size=max(4 * window, 256), local_shuffle_seed=seed
+        batch_size=size, batch_format="numpy", local_shuffle_buffer_size=max(4 * size, 256), local_shuffle_seed=seed
     ):
-        order = np.argsort(batch["n_tokens"], kind="stable") if train.group_by_length > 1 else np.arange(len(batch["n_tokens"]))
-        chunks = [order[i : i + train.micro_batch_size] for i in range(0, len(order), train.micro_batch_size)]
-        for j in rng.permutation(len(chunks)):
-            yield {key: batch[key][chunks[j]] for key in ("input_ids", "labels")}
+        yield {key: batch[key] for key in ("input_ids", "labels")}
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -98,7 +91,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from ftedit.model import load_causal_lm, pad_token_id, prepare_trainable, trainable_parameters
     from ftedit.loss import lm_loss
-    from ftedit.tokenize import pad_batch
+    from ftedit.tokenize import pack_batch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -143,16 +136,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
             batch = next(batches, None)
             if batch is None:
                 break
-            tensors = {k: v.to(device) for k, v in pad_batch(batch["input_ids"], batch["labels"], pad).items()}
+            packed = pack_batch(batch["input_ids"], batch["labels"], pad, train.pack_length)
+            tensors = {k: v.to(device) for k, v in packed.items()}
             window["data_wait"] += time.perf_counter() - waited
             loss = lm_loss(engine, tensors)
             engine.backward(loss)
             engine.step()
-            n_tokens = int(tensors["attention_mask"].sum())
+            n_tokens = int((tensors["example"] >= 0).sum())
             micro_steps += 1
             tokens_seen += n_tokens
             window["tokens"] += n_tokens
-            window["padded"] += tensors["attention_mask"].numel()
+            window["padded"] += tensors["example"].numel()
             window["loss"] += loss.item()
             step, at_boundary = divmod(micro_steps, train.grad_accum_steps)
             if at_boundary == 0 and step % train.log_every == 0:

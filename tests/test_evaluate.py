@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from ftedit.config import EvalConfig
 from ftedit.evaluate import evaluate, metric_kind, score_probes
 from ftedit.model import load_causal_lm
 from ftedit.requests import EditRequest
@@ -31,11 +32,12 @@ def reference_nll(model, tok, prompt, target):
     return -sum(logprobs[len(p) - 1 + i, tok_id].item() for i, tok_id in enumerate(t)) / len(t)
 
 
-def test_scores_match_the_unbatched_definition_at_any_batch_size(model_and_tokenizer):
+@pytest.mark.parametrize("row_length", [1, 16, 1000])
+def test_scores_match_the_unbatched_definition_at_any_batch_size(model_and_tokenizer, row_length):
     model, tok = model_and_tokenizer
     probes = [(r.prompt, r.target_new) for r in REQUESTS] + [(p, "Paris") for p in REQUESTS[1].paraphrases]
-    by_one = score_probes(model, tok, probes, batch_size=1)
-    batched = score_probes(model, tok, probes, batch_size=8)
+    by_one = score_probes(model, tok, probes, batch_size=1, row_length=row_length)
+    batched = score_probes(model, tok, probes, batch_size=8, row_length=row_length)
     for probe in probes:
         expected = reference_nll(model, tok, *probe)
         assert by_one[probe].nll == pytest.approx(expected, abs=1e-4)
@@ -46,7 +48,7 @@ def test_scores_match_the_unbatched_definition_at_any_batch_size(model_and_token
 
 def test_counterfact_metrics_from_scores(model_and_tokenizer):
     model, tok = model_and_tokenizer
-    result = evaluate(model, tok, REQUESTS, "counterfact", batch_size=4)
+    result = evaluate(model, tok, REQUESTS, "counterfact", EvalConfig(batch_size=4))
     r = REQUESTS[1]
     nll = {p: (reference_nll(model, tok, p, r.target_new), reference_nll(model, tok, p, r.target_true))
            for p in (r.prompt, *r.paraphrases, *r.neighbourhood)}
@@ -63,7 +65,7 @@ def test_counterfact_metrics_from_scores(model_and_tokenizer):
 
 def test_zsre_metrics_are_token_accuracies(model_and_tokenizer):
     model, tok = model_and_tokenizer
-    result = evaluate(model, tok, REQUESTS, "zsre", batch_size=4)
+    result = evaluate(model, tok, REQUESTS, "zsre", EvalConfig(batch_size=4))
     for key in ("efficacy", "generalization", "specificity", "edit_score"):
         assert 0.0 <= result.summary[key] <= 100.0
     assert "es" not in result.summary
@@ -71,12 +73,12 @@ def test_zsre_metrics_are_token_accuracies(model_and_tokenizer):
 
 def test_easyedit_locality_compares_with_the_reference(model_and_tokenizer, tiny_model):
     model, tok = model_and_tokenizer
-    before = evaluate(model, tok, REQUESTS, "counterfact", batch_size=4)
+    before = evaluate(model, tok, REQUESTS, "counterfact", EvalConfig(batch_size=4))
     other, _ = load_causal_lm(tiny_model)
     with torch.no_grad():
         for p in other.parameters():
             p.add_(torch.randn_like(p) * 0.5)
-    after = evaluate(other, tok, REQUESTS, "counterfact", batch_size=4, reference=before)
+    after = evaluate(other, tok, REQUESTS, "counterfact", EvalConfig(batch_size=4), reference=before)
     assert after.summary["easyedit_locality"] < 100.0
 
 

@@ -47,9 +47,11 @@ def test_outputs_are_complete(smoke_run):
 
 def test_efficacy_goes_from_chance_to_all_edits(smoke_run):
     summary = json.loads((smoke_run[0] / "summary.json").read_text())
-    assert summary["before"]["efficacy"] <= 70.0  # a random model prefers either answer by chance
+    # A random model is indifferent between the two answers (which one it prefers is a coin flip
+    # over 6 edits); after editing every new target wins, by a wide probability margin.
+    assert abs(summary["before"]["em"]) < 5.0
     assert summary["after"]["efficacy"] == 100.0
-    assert summary["after"]["em"] > summary["before"]["em"]
+    assert summary["after"]["em"] > 50.0
     assert summary["examples"]["by_kind"] == {"edit": 6, "paraphrase": 18, "random": 18}
     assert summary["train"]["optimizer_steps"] > 0
 
@@ -57,6 +59,7 @@ def test_efficacy_goes_from_chance_to_all_edits(smoke_run):
 def test_merged_checkpoint_reloads_and_reproduces_post_edit_scores(smoke_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ftedit.config import EvalConfig
     from ftedit.evaluate import evaluate
     from ftedit.requests import load_requests
 
@@ -65,7 +68,7 @@ def test_merged_checkpoint_reloads_and_reproduces_post_edit_scores(smoke_run):
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     tok = AutoTokenizer.from_pretrained(out / "model")
     requests = load_requests(REPO / "data" / "sample_edits.jsonl", limit=6).requests
-    result = evaluate(model, tok, requests, "counterfact", batch_size=8)
+    result = evaluate(model, tok, requests, "counterfact", EvalConfig(batch_size=8))
     for key in ("es", "ps", "ns", "edit_score"):
         assert result.summary[key] == pytest.approx(summary["after"][key], abs=1e-6), key
     for key in ("em", "pm", "nm"):
@@ -148,4 +151,4 @@ def test_zero3_full_finetuning_with_similar_facts_and_own_answers(tmp_path, tiny
     trained = load_file(str(out / "trained_layers" / "trained_weights.safetensors"))
     assert trained and all(".layers.1." in name for name in trained)
     assert all(t.numel() > 0 for t in trained.values())  # gathered, not ZeRO-3 placeholders
-    assert summary["after"]["efficacy"] > summary["before"]["efficacy"]
+    assert summary["after"]["em"] > summary["before"]["em"] + 20, (summary["before"], summary["after"])

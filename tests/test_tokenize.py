@@ -1,6 +1,6 @@
 import pytest
 
-from ftedit.tokenize import IGNORE_INDEX, encode_example, encode_pair, pad_batch
+from ftedit.tokenize import IGNORE_INDEX, encode_example, encode_pair, pack_batch, pack_rows
 
 
 class CharTokenizer:
@@ -50,9 +50,14 @@ def test_real_tokenizer_mask_positions(tiny_model):
     assert tok.decode(example["input_ids"][n_prompt:]) == " Paris"
 
 
-def test_pad_batch_left_pads_and_counts_positions_over_real_tokens():
-    batch = pad_batch([[5, 6, 7], [8]], [[IGNORE_INDEX, 6, 7], [8]], pad_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
-    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX, IGNORE_INDEX, 8]]
+def test_pack_rows_fits_examples_first_fit_longest_first():
+    assert pack_rows([3, 5, 2, 4], row_length=8) == [[1, 0], [3, 2]]
+    assert pack_rows([3, 9], row_length=4) == [[1], [0]]  # an example longer than a row gets its own
+
+
+def test_pack_batch_lays_examples_end_to_end_with_restarting_positions():
+    batch = pack_batch([[5, 6, 7], [8, 9], [4, 3]], [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX, 9], [IGNORE_INDEX, 3]], 0, 5)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [4, 3, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9], [IGNORE_INDEX, 3] + [IGNORE_INDEX] * 3]
+    assert batch["example"].tolist() == [[0, 0, 0, 1, 1], [2, 2, -1, -1, -1]]
