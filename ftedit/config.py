@@ -48,7 +48,9 @@ class DataConfig:
     """The edit requests file (CounterFact, zsRE, MQuAKE JSON or a JSONL of requests)."""
     format: Literal["auto", "counterfact", "zsre", "mquake", "jsonl"] = "auto"
     limit: int | None = None
-    """Edit only the first N requests of the file."""
+    """Edit only N requests of the file (the first N after `offset`)."""
+    offset: int = 0
+    """Skip the first N requests of the file (e.g. a sweep tunes on records the run does not edit)."""
     fact_pool: str | None = "data/sample_facts.jsonl"
     """Unedited facts (prompt -> true answer) used as locality augmentation; any request format."""
     fact_pool_format: Literal["auto", "counterfact", "zsre", "mquake", "jsonl"] = "auto"
@@ -60,6 +62,7 @@ class DataConfig:
 
     def __post_init__(self):
         _require(bool(self.requests), "requests", "must name a requests file")
+        _require(self.offset >= 0, "offset", f"must be >= 0, got {self.offset}")
         for key in ("limit", "fact_pool_limit"):
             value = getattr(self, key)
             _require(value is None or value > 0, key, f"must be a positive count, got {value}")
@@ -193,9 +196,20 @@ class EvalConfig:
     it is the report's `before` column and the reference of EasyEdit locality."""
     pack_length: int = 64
     """Tokens per packed row when scoring (see train.pack_length)."""
+    fluency_tokens: int = 0
+    """Greedy-generate this many tokens per generation prompt and report their n-gram entropy
+    (ROME/MEMIT fluency), before and after; 0 = off (generation is the slowest part of scoring)."""
+    fluency_prompts: int = 2
+    """Generation prompts per edit (the record's own, or else its edit prompt)."""
+    probe_edits: int = 0
+    """After every epoch, score the first N edits with the model in training and report it (the
+    progress log, Ray Train metrics `probe_*`, what a sweep's early stopping sees); 0 = off."""
 
     def __post_init__(self):
         _require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        _require(self.fluency_tokens >= 0, "fluency_tokens", f"must be >= 0, got {self.fluency_tokens}")
+        _require(self.fluency_prompts > 0, "fluency_prompts", f"must be > 0, got {self.fluency_prompts}")
+        _require(self.probe_edits >= 0, "probe_edits", f"must be >= 0, got {self.probe_edits}")
         _require(self.pack_length > 0, "pack_length", f"must be > 0, got {self.pack_length}")
 
 
@@ -290,7 +304,14 @@ def _coerce(value, tp, key: str):
     """Check `value` against annotation `tp` (int is accepted for float); return the value."""
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, key + ".")
+    if tp is typing.Any:
+        return value
     origin = typing.get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(tp)
+        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         errors = []
         for option in typing.get_args(tp):

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import torch
 
 from ftedit.config import EvalConfig
-from ftedit.metrics import ProbeScore, accuracy_record, counterfact_record, easyedit_locality_record, summarize
+from ftedit.fluency import generate_greedy, generation_prompts
+from ftedit.metrics import (
+    ProbeScore,
+    accuracy_record,
+    counterfact_record,
+    easyedit_locality_record,
+    ngram_entropy,
+    summarize,
+)
 from ftedit.model import pad_token_id
 from ftedit.requests import EditRequest
 from ftedit.loss import target_logits
@@ -120,4 +128,17 @@ def evaluate(
             [(before[probe], scores[probe]) for probe in locality_probes(r)]
         )
         records.append({"case_id": r.case_id, **values})
+    if settings.fluency_tokens:
+        add_fluency(model, tokenizer, requests, records, settings)
     return Evaluation(records=records, summary=summarize(records, kind), scores=scores)
+
+
+def add_fluency(model, tokenizer, requests: list[EditRequest], records: list[dict], settings: EvalConfig) -> None:
+    """Per record: `fluency` (mean n-gram entropy of its generations) and the `generations`."""
+    prompts = [generation_prompts(r, settings.fluency_prompts) for r in requests]
+    flat = [p for ps in prompts for p in ps]
+    texts = iter(generate_greedy(model, tokenizer, flat, settings.fluency_tokens, settings.batch_size))
+    for record, ps in zip(records, prompts):
+        generations = [next(texts) for _ in ps]
+        record["fluency"] = sum(ngram_entropy(t) for t in generations) / len(generations)
+        record["generations"] = [p + t for p, t in zip(ps, generations)]

@@ -14,6 +14,7 @@ Reproduces:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
@@ -26,6 +27,7 @@ __all__ = [
     "agreement",
     "easyedit_locality_record",
     "harmonic_mean",
+    "ngram_entropy",
     "summarize",
 ]
 
@@ -154,6 +156,29 @@ def harmonic_mean(values: Iterable[Optional[float]]) -> float:
     return len(vals) / sum(1.0 / v for v in vals)
 
 
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+    """ROME/MEMIT generation entropy (fluency) of one text: the weighted mean, over n in `ns`, of
+    the entropy in bits of its n-gram frequency distribution. Repetitive text scores low.
+
+    Words and punctuation are split by a regex where ROME uses nltk's word_tokenize; on ordinary
+    English the tokens agree.
+    """
+    words = _WORD.findall(text)
+    values = []
+    for n, weight in zip(ns, weights):
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        if not grams:
+            values.append(0.0)
+            continue
+        _, counts = np.unique(np.array([" ".join(g) for g in grams]), return_counts=True)
+        freqs = counts / counts.sum()
+        values.append(weight * float(-(freqs * np.log2(freqs)).sum()))
+    return float(np.mean(values))
+
+
 _KEYS = {
     "counterfact": ("es", "ps", "ns", "em", "pm", "nm"),
     "zsre": ("efficacy", "generalization", "specificity"),
@@ -169,14 +194,14 @@ def summarize(records: Sequence[dict], kind: str) -> dict:
 
     Each key is averaged over the records where it is not None (None if it is
     None everywhere); magnitudes em/pm/nm are also x100. Adds the common keys
-    efficacy/generalization/locality, ``easyedit_locality`` if present,
+    efficacy/generalization/locality, ``easyedit_locality`` and ``fluency`` if present (fluency
+    x100 too, as MEMIT's generation entropy),
     ``edit_score`` = harmonic mean of the non-None common keys, and ``n_records``.
     """
     if kind not in _KEYS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(_KEYS)}")
     keys = list(_KEYS[kind])
-    if any("easyedit_locality" in r for r in records):
-        keys.append("easyedit_locality")
+    keys += [k for k in ("easyedit_locality", "fluency") if any(k in r for r in records)]
 
     out: dict = {}
     for key in keys:

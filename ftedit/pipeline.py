@@ -48,14 +48,18 @@ def init_ray(cfg: RunConfig) -> None:
     context.enable_progress_bars = False  # our own progress lines are easier to read in job logs
 
 
-def run_mass_edit(cfg: RunConfig) -> dict:
-    """Edit every request of `cfg.data.requests` into the model; returns the summary."""
+def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
+    """Edit every request of `cfg.data.requests` into the model; returns the summary.
+
+    `train_callbacks` go to Ray Train (a sweep trial passes Tune's report callback).
+    """
     started = time.perf_counter()
     out_dir = Path(cfg.output.dir)
 
     # 1. Inputs, all validated before anything is written or trained.
     loaded = load_requests(
-        cfg.data.requests, cfg.data.format, cfg.data.limit, cfg.data.zsre_target, cfg.data.on_invalid == "skip"
+        cfg.data.requests, cfg.data.format, cfg.data.limit, cfg.data.zsre_target, cfg.data.on_invalid == "skip",
+        offset=cfg.data.offset,
     )
     requests = loaded.requests
     for error in loaded.skipped:
@@ -106,7 +110,10 @@ def run_mass_edit(cfg: RunConfig) -> dict:
     )
     counts = example_counts(dataset)
     log.info("training examples: %s", counts)
-    checkpoint, train_metrics = fit(cfg, model_path, dataset, counts["examples"], staging / "ray")
+    checkpoint, train_metrics = fit(
+        cfg, model_path, dataset, counts["examples"], staging / "ray",
+        probe=requests[: cfg.eval.probe_edits], metric_kind=kind, callbacks=train_callbacks,
+    )
     trained_dir = staging / ("adapter" if cfg.train.tuning == "lora" else "trained_layers")
     shutil.copytree(checkpoint, trained_dir)
     shutil.rmtree(staging / "ray", ignore_errors=True)  # checkpoints were copied; keep the run small
@@ -126,6 +133,7 @@ def run_mass_edit(cfg: RunConfig) -> dict:
         "before": before.summary,
         "after": after.summary,
         "metric_kind": kind,
+        "data_format": loaded.format,
         "model": cfg.model.path,
         "requests": cfg.data.requests,
         "examples": counts,

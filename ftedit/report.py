@@ -21,6 +21,7 @@ TABLE_ROWS = (
     ("pm", "PM: paraphrase, P(new) - P(true)"),
     ("nm", "NM: neighbourhood, P(true) - P(new)"),
     ("specificity", "Specificity (loc accuracy)"),
+    ("fluency", "Fluency: n-gram entropy of generations (x100)"),
 )
 
 

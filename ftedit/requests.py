@@ -228,8 +228,11 @@ _PARSERS = {"counterfact": _parse_counterfact, "zsre": _parse_zsre,
             "mquake": _parse_mquake, "jsonl": _parse_jsonl}
 
 
-def _read_records(path: Path, limit: int | None) -> list[tuple[int, Any]]:
-    """The first `limit` raw records of a .json list or a .jsonl file, with their indices."""
+def _read_records(path: Path, limit: int | None, offset: int = 0) -> list[tuple[int, Any]]:
+    """Raw records `offset` .. `offset + limit` of a .json list or a .jsonl file, with their
+    indices in the file."""
+    if limit is not None:
+        limit += offset
     def file_error(message: str) -> RequestError:
         return RequestError(path, "-", None, "(file)", message)
     try:
@@ -246,18 +249,21 @@ def _read_records(path: Path, limit: int | None) -> list[tuple[int, Any]]:
                 continue
             if limit is not None and len(records) >= limit:
                 break
+            if len(records) < offset:
+                records.append((len(records), None))  # skipped unparsed
+                continue
             try:
                 records.append((len(records), json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise file_error(f"line {lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-        return records
+        return records[offset:]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise file_error(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if not isinstance(data, list):
         raise file_error(f"top level is {_kind(data)}, expected a list of records")
-    return list(enumerate(data if limit is None else data[:limit]))
+    return list(enumerate(data if limit is None else data[:limit]))[offset:]
 
 
 _KEY_FORMATS = (({"src", "alt"}, "zsre"), ({"prompt", "target_new", "ground_truth"}, "counterfact"),
@@ -280,7 +286,7 @@ def detect_format(path, first_record) -> str:
                        f"cannot detect the format from {found}; pass format= one of {FORMATS}")
 
 
-def _open(path, format: str, limit: int | None, zsre_target: str) -> tuple[str, str, list]:
+def _open(path, format: str, limit: int | None, zsre_target: str, offset: int = 0) -> tuple[str, str, list]:
     """Check the arguments, read the raw records, resolve the format: (format, file, records)."""
     if format != "auto" and format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {FORMATS}")
@@ -288,8 +294,10 @@ def _open(path, format: str, limit: int | None, zsre_target: str) -> tuple[str, 
         raise ValueError(f"unknown zsre_target {zsre_target!r}; expected one of {ZSRE_TARGETS}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be None or a non-negative integer, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
     path = Path(path)
-    records = _read_records(path, limit)
+    records = _read_records(path, limit, offset)
     if format == "auto":
         format = detect_format(path, records[0][1]) if records else "jsonl"
     return format, str(path), records
@@ -330,14 +338,15 @@ def _cross_check(requests, index, file, seen_ids, seen_prompts) -> RequestError 
     return None
 
 
-def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_invalid=False) -> LoadResult:
+def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_invalid=False, offset=0) -> LoadResult:
     """Load and validate edit requests (format: 'auto' or one of FORMATS).
 
-    `limit` reads only the first N records (MQuAKE: records, not rewrites). zsRE edits toward
+    `limit` reads only N records (MQuAKE: records, not rewrites), after skipping the first
+    `offset` (a disjoint split of one file: a sweep's validation edits). zsRE edits toward
     `alt`, or toward `answers[0]` with zsre_target="answers". The first error in file order is
     raised, unless skip_invalid drops bad records and collects their errors in `skipped`.
     """
-    fmt, file, records = _open(path, format, limit, zsre_target)
+    fmt, file, records = _open(path, format, limit, zsre_target, offset)
     requests, skipped = [], []
     seen_ids: dict[str, int] = {}
     seen_prompts: dict[str, tuple[int, str, str]] = {}

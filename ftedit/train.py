@@ -9,6 +9,7 @@ progress, and at the end reports the trained weights (adapter or layers) as a Ra
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -90,6 +91,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import torch
 
     from ftedit.model import load_causal_lm, pad_token_id, prepare_trainable, trainable_parameters
+    from ftedit.requests import EditRequest
     from ftedit.loss import lm_loss
     from ftedit.tokenize import pack_batch
 
@@ -123,9 +125,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             f"{n_trainable:,}", train.tuning, world, threads, train.epochs, steps_per_epoch, train.batch_size,
         )
 
+    probe = [EditRequest.from_dict(d) for d in loop_config.get("probe", [])]
     shard = ray.train.get_dataset_shard("train")
     started = time.perf_counter()
-    micro_steps, tokens_seen = 0, 0
+    micro_steps, tokens_seen, probe_seconds = 0, 0, 0.0
     window = {"tokens": 0, "padded": 0, "loss": 0.0, "data_wait": 0.0, "start": started}
     engine.train()
     for epoch in range(train.epochs):
@@ -163,8 +166,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     )
                 window = {"tokens": 0, "padded": 0, "loss": 0.0, "data_wait": 0.0, "start": now}
 
-    seconds = time.perf_counter() - started
+        scored = time.perf_counter()
+        epoch_metrics = {"epoch": epoch + 1, **_probe_metrics(engine, tokenizer, probe, loop_config, cfg, rank)}
+        probe_seconds += time.perf_counter() - scored
+        if epoch + 1 < train.epochs:
+            ray.train.report(epoch_metrics)  # the last epoch reports with the checkpoint, below
+
+    seconds = time.perf_counter() - started - probe_seconds
     metrics = {
+        **epoch_metrics,
         "train_seconds": seconds,
         "train_tokens": tokens_seen * world,  # each worker saw its own shard; shards are equal
         "train_tokens_per_s": tokens_seen * world / max(seconds, 1e-9),
@@ -174,6 +184,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _save_from_engine(engine, Path(tmp), train, rank)
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _probe_metrics(engine, tokenizer, probe: list, loop_config: dict, cfg: RunConfig, rank: int) -> dict:
+    """Edit metrics of the model in training on the probe edits, as `probe_<metric>`.
+
+    Every rank scores (under ZeRO-3 each forward needs all ranks); rank 0 logs. No unedited
+    reference here, so no EasyEdit column.
+    """
+    if not probe:
+        return {}
+    from ftedit.evaluate import evaluate
+
+    started = time.perf_counter()
+    settings = dataclasses.replace(cfg.eval, fluency_tokens=0)  # scores only: generation is slow
+    summary = evaluate(engine.module, tokenizer, probe, loop_config["metric_kind"], settings).summary
+    engine.train()
+    keys = ("efficacy", "generalization", "locality", "edit_score")
+    if rank == 0:
+        log.info(
+            "probe (%d edits): %s (%.0f s)", len(probe),
+            ", ".join(f"{k} {summary[k]:.1f}" for k in keys), time.perf_counter() - started,
+        )
+    return {f"probe_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k != "n_records"}
 
 
 def _save_from_engine(engine, out_dir: Path, train: TrainConfig, rank: int) -> None:
@@ -191,21 +224,36 @@ def _save_from_engine(engine, out_dir: Path, train: TrainConfig, rank: int) -> N
         save_trained(model, out_dir, train.tuning)
 
 
-def fit(cfg: RunConfig, model_path: Path, dataset, n_examples: int, storage_dir: Path):
-    """Run the train loop on Ray Train workers; returns (checkpoint directory, metrics)."""
+def fit(cfg: RunConfig, model_path: Path, dataset, n_examples: int, storage_dir: Path,
+        probe: list | None = None, metric_kind: str = "counterfact", callbacks: list | tuple = ()):
+    """Run the train loop on Ray Train workers; returns (checkpoint directory, metrics).
+
+    `probe`: edit requests scored after every epoch; `callbacks`: Ray Train callbacks (a sweep
+    passes Tune's, which forwards every report to the trial).
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": to_dict(cfg), "model_path": str(model_path), "n_examples": n_examples},
+        train_loop_config={
+            "run": to_dict(cfg),
+            "model_path": str(model_path),
+            "n_examples": n_examples,
+            "probe": [r.to_dict() for r in probe or []],
+            "metric_kind": metric_kind,
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
         datasets={"train": dataset},
-        run_config=ray.train.RunConfig(name="train", storage_path=str(storage_dir.resolve())),
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=str(storage_dir.resolve()),
+            callbacks=list(callbacks),
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:

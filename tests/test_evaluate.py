@@ -89,3 +89,19 @@ def test_metric_kind():
     assert metric_kind(no_true, "jsonl", "auto") == "zsre"
     with pytest.raises(ValueError, match="target_true"):
         metric_kind(no_true, "jsonl", "counterfact")
+
+
+def test_fluency_generates_greedily_from_each_edit_and_scores_entropy(model_and_tokenizer):
+    from ftedit.fluency import generate_greedy
+    from ftedit.metrics import ngram_entropy
+
+    model, tok = model_and_tokenizer
+    result = evaluate(model, tok, REQUESTS, "counterfact", EvalConfig(batch_size=4, fluency_tokens=12))
+    for request, record in zip(REQUESTS, result.records):
+        # No generation prompts in these requests: the edit prompt is continued, greedily, and
+        # batching (left padding) does not change what is generated.
+        alone = generate_greedy(model, tok, [request.prompt], 12, batch_size=1)[0]
+        assert record["generations"] == [request.prompt + alone]
+        assert record["fluency"] == pytest.approx(ngram_entropy(alone))
+    assert result.summary["fluency"] == pytest.approx(100 * sum(r["fluency"] for r in result.records) / 2)
+    assert "fluency" not in evaluate(model, tok, REQUESTS, "counterfact", EvalConfig(batch_size=4)).summary

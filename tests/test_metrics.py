@@ -3,6 +3,7 @@ import math
 import pytest
 
 from ftedit.metrics import (
+    ngram_entropy,
     ProbeScore,
     accuracy_record,
     agreement,
@@ -183,3 +184,24 @@ def test_summarize_zero_locality_gives_zero_score():
 def test_summarize_unknown_kind():
     with pytest.raises(ValueError):
         summarize([], "mquake")
+
+
+def test_ngram_entropy_hand_computed():
+    # "a b a b": bigrams (a b) x2, (b a) x1 -> H2 = -(2/3 log2 2/3 + 1/3 log2 1/3);
+    # trigrams (a b a), (b a b) -> H3 = 1 bit. Weighted 2/3 and 4/3, then averaged.
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    assert ngram_entropy("a b a b") == pytest.approx((2 / 3 * h2 + 4 / 3 * 1.0) / 2)
+    assert ngram_entropy("English English English English English") == 0.0  # a degenerate edit
+    assert ngram_entropy("one") == 0.0
+    fluent = "Danielle Darrieux was a French actress, singer and dancer who appeared in many films."
+    assert ngram_entropy(fluent) > ngram_entropy("French French French, French French French.")
+
+
+def test_summarize_averages_fluency_without_scoring_it():
+    records = [
+        {"es": 1.0, "ps": 1.0, "ns": 1.0, "em": 0.0, "pm": 0.0, "nm": 0.0, "fluency": 5.0},
+        {"es": 1.0, "ps": 1.0, "ns": 1.0, "em": 0.0, "pm": 0.0, "nm": 0.0, "fluency": 6.0},
+    ]
+    s = summarize(records, "counterfact")
+    assert s["fluency"] == pytest.approx(550.0)  # x100, as MEMIT reports generation entropy
+    assert s["edit_score"] == pytest.approx(100.0)

@@ -313,6 +313,21 @@ def test_bad_arguments(tmp_path):
         load_requests(path, zsre_target="pred")
     with pytest.raises(ValueError, match="limit"):
         load_requests(path, limit=-1)
+    with pytest.raises(ValueError, match="offset"):
+        load_requests(path, offset=-1)
+
+
+def test_offset_skips_records_and_keeps_their_file_indices(tmp_path):
+    records = [generic(case_id=f"c{i}", prompt=f"Prompt {i} about X", subject="X") for i in range(5)]
+    for path in (write_json(tmp_path, records), write_jsonl(tmp_path, records)):
+        split = load_requests(path, limit=2, offset=3).requests
+        assert [r.case_id for r in split] == ["c3", "c4"]
+        assert [r.case_id for r in load_requests(path, offset=4).requests] == ["c4"]
+        # An error in a skipped record does not matter; one after the offset names its file index.
+        bad = records[:1] + [dict(records[1], target_new=7)] + records[2:]
+        assert len(load_requests(write_json(tmp_path, bad), offset=2).requests) == 3
+        with pytest.raises(RequestError, match="record 1"):
+            load_requests(write_json(tmp_path, bad), offset=1)
 
 
 # ---------------------------------------------------------------- record-level errors

@@ -1,0 +1,46 @@
+"""Fluency of the edited model: greedy generations from each edit's subject, scored by n-gram entropy.
+
+ROME/MEMIT measure it on the `generation_prompts` of CounterFact records; data without them
+(zsRE, EasyEdit-style CounterFact, plain JSONL) uses the edit prompt itself, which names the
+subject. A model that has been over-trained on its edits tends to repeat the new target
+("English English English ..."), which the entropy exposes while the edit score does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from ftedit.model import pad_token_id
+from ftedit.requests import EditRequest
+
+log = logging.getLogger(__name__)
+
+
+def generation_prompts(request: EditRequest, per_edit: int) -> list[str]:
+    return list(request.generation_prompts or (request.prompt,))[:per_edit]
+
+
+@torch.no_grad()
+def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy continuations (the generated text only) of every prompt, in left-padded batches."""
+    device = next(model.parameters()).device
+    pad = pad_token_id(tokenizer)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues from the last position of each row
+    model.eval()
+    texts: list[str] = []
+    started = time.perf_counter()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+            out = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, use_cache=True
+            )
+            texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    log.info("  generated %d continuations of %d tokens (%.0f s)", len(prompts), max_new_tokens, time.perf_counter() - started)
+    return texts

@@ -1,0 +1,299 @@
+"""Ray Tune sweep over any run-config keys, maximising the edit score on validation edits.
+
+A sweep file is a run config (the base every trial starts from, and the reported edits in
+`data`) plus a `sweep` section: the search space, the validation split, the scheduler and the
+search algorithm. Each trial is a whole `run_mass_edit` on the validation edits, through the
+same Ray Train + DeepSpeed path as any run (the Train V2 pattern: the trial function fits a
+TorchTrainer whose reports reach Tune through `TuneReportCallback`). The train loop scores the
+probe edits after every epoch, so ASHA can stop weak trials early. The best trial's values are
+written into `best.yaml`, a plain run config for the reported edits, which is then run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ftedit.config import ConfigError, RunConfig, _require, apply_override, dump_config, from_dict
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "grid")
+# Probe metrics the train loop reports after every epoch (as probe_<name>), any of which a sweep
+# can maximise.
+PROBE_METRICS = ("edit_score", "efficacy", "generalization", "locality", "es", "ps", "ns", "em", "pm", "nm")
+
+
+@dataclass
+class SweepConfig:
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Run-config key -> one distribution: `{choice: [..]}`, `{uniform: [low, high]}`,
+    `{loguniform: [low, high]}` or `{grid: [..]}` (every value, for every sample)."""
+    metric: str = "edit_score"
+    """The probe metric to maximise: the edit score, or one of its parts (efficacy,
+    generalization, locality; CounterFact's es, ps, ns and magnitudes em, pm, nm)."""
+    num_samples: int = 8
+    """Trials to run (with grid dimensions: samples of the other dimensions per grid point)."""
+    max_concurrent: int = 1
+    """Trials running at once; each takes train.num_workers x train.cpus_per_worker CPUs."""
+    search: Literal["optuna", "random"] = "optuna"
+    """`optuna` (TPE; no grid dimensions, scalar choices) or `random` (random and grid search)."""
+    scheduler: Literal["asha", "none"] = "asha"
+    """`asha`: stop trials whose probe score trails the others at an epoch milestone."""
+    grace_period: int = 1
+    """ASHA: epochs every trial runs before it can be stopped."""
+    reduction_factor: int = 2
+    """ASHA: keep about 1/reduction_factor of the trials at each milestone."""
+    validation_requests: str | None = None
+    """The file of validation edits; null = `data.requests`."""
+    validation_offset: int = 0
+    """Skip this many records of the validation file (keep validation and reported edits apart)."""
+    validation_edits: int = 100
+    """How many validation edits every trial edits and is scored on."""
+    probe_edits: int = 0
+    """Validation edits scored after every epoch for early stopping; 0 = all of them."""
+    max_failures: int = 0
+    """Retries of a failed trial before it is reported as failed (the sweep goes on either way)."""
+    rerun_best: bool = True
+    """Run best.yaml on the reported edits when the sweep ends (`<output.dir>/best-run`)."""
+
+    def __post_init__(self):
+        _require(bool(self.space), "space", "needs at least one key to search")
+        _require(self.metric in PROBE_METRICS, "metric", f"must be one of {PROBE_METRICS}, got {self.metric!r}")
+        for key, spec in self.space.items():
+            where = f"space.{key}"
+            _require(isinstance(spec, dict) and len(spec) == 1, where, f"must be one of {{{', '.join(DISTRIBUTIONS)}: ...}}")
+            (kind, values), = spec.items()
+            _require(kind in DISTRIBUTIONS, where, f"unknown distribution {kind!r}; use one of {DISTRIBUTIONS}")
+            _require(isinstance(values, list) and values, where, f"{kind} needs a non-empty list, got {values!r}")
+            if kind in ("uniform", "loguniform"):
+                _require(
+                    len(values) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+                    and values[0] < values[1] and (kind == "uniform" or values[0] > 0),
+                    where, f"{kind} needs [low, high] with 0 < low < high for loguniform, got {values}",
+                )
+            if self.search == "optuna":
+                _require(kind != "grid", where, "grid dimensions need sweep.search=random")
+                _require(all(not isinstance(v, (list, dict)) for v in values), where,
+                         "optuna chooses among scalars only; use sweep.search=random for lists")
+        for key in ("num_samples", "max_concurrent", "grace_period", "validation_edits"):
+            _require(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
+        _require(self.reduction_factor >= 2, "reduction_factor", f"must be >= 2, got {self.reduction_factor}")
+        for key in ("validation_offset", "probe_edits", "max_failures"):
+            _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+
+    def sample_values(self) -> dict[str, Any]:
+        """One admissible value per key (to check that every key exists in the run config)."""
+        return {key: next(iter(spec.values()))[0] for key, spec in self.space.items()}
+
+
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, RunConfig, SweepConfig]:
+    """(raw base run config, typed base run config, sweep settings), all validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--config", f"no such file: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError("--config", f"{path} must hold a mapping of sections")
+    for item in overrides:
+        apply_override(data, item)
+    sweep_data = data.pop("sweep", None)
+    if sweep_data is None:
+        raise ConfigError("sweep", f"{path} has no sweep section (search space, validation split)")
+    sweep = from_dict(SweepConfig, sweep_data, "sweep.")
+    base = from_dict(RunConfig, data)
+    for key, value in sweep.sample_values().items():
+        try:
+            trial_config(data, {key: value})
+        except ConfigError as e:
+            raise ConfigError(f"sweep.space.{key}", e.message) from None
+    _check_disjoint(base, sweep)
+    return data, base, sweep
+
+
+def _check_disjoint(base: RunConfig, sweep: SweepConfig) -> None:
+    """Never tune on the reported edits: the two splits must share no case id."""
+    from ftedit.requests import load_requests
+
+    reported = load_requests(base.data.requests, base.data.format, base.data.limit, base.data.zsre_target,
+                             base.data.on_invalid == "skip", offset=base.data.offset).requests
+    validation = load_requests(sweep.validation_requests or base.data.requests, base.data.format,
+                               sweep.validation_edits, base.data.zsre_target, base.data.on_invalid == "skip",
+                               offset=sweep.validation_offset).requests
+    shared = {r.case_id for r in reported} & {r.case_id for r in validation}
+    _require(not shared, "sweep.validation_offset",
+             f"validation and reported edits overlap in {len(shared)} case ids (e.g. {sorted(shared)[:3]}); "
+             "move the validation split past data.offset + data.limit")
+    _require(len(validation) > 0, "sweep.validation_edits", "the validation split holds no edits")
+
+
+def trial_config(base: dict, values: dict[str, Any]) -> RunConfig:
+    """The base run config with one trial's values set (dotted keys)."""
+    data = copy.deepcopy(base)
+    for key, value in values.items():
+        apply_override(data, f"{key}={json.dumps(value)}")
+    return from_dict(RunConfig, data)
+
+
+def validation_config(base: dict, values: dict[str, Any], sweep: SweepConfig, out_dir: Path) -> RunConfig:
+    """What a trial runs: the trial's values, on the validation edits, probing every epoch."""
+    cfg = trial_config(base, values)
+    data = dataclasses.replace(
+        cfg.data, requests=sweep.validation_requests or cfg.data.requests,
+        offset=sweep.validation_offset, limit=sweep.validation_edits,
+    )
+    probe = min(sweep.probe_edits or sweep.validation_edits, sweep.validation_edits)
+    return dataclasses.replace(
+        cfg, data=data, eval=dataclasses.replace(cfg.eval, probe_edits=probe),
+        output=dataclasses.replace(cfg.output, dir=str(out_dir), overwrite=True),
+    )
+
+
+def _param_space(sweep: SweepConfig) -> dict:
+    from ray import tune
+
+    make = {"choice": tune.choice, "grid": tune.grid_search,
+            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
+    return {key: make[kind](values) for key, spec in sweep.space.items() for kind, values in spec.items()}
+
+
+def _run_trial(values: dict, base: dict, sweep: SweepConfig, trials_dir: str, cwd: str) -> None:
+    """The Tune trainable: one whole edit run on the validation edits."""
+    import os
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ftedit.pipeline import run_mass_edit
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.chdir(cwd)  # Tune starts trials in their own folder; config paths are relative to the job's
+    trial_id = tune.get_context().get_trial_id()
+    cfg = validation_config(base, values, sweep, Path(trials_dir) / trial_id)
+    run_mass_edit(cfg, train_callbacks=[TuneReportCallback()])
+
+
+def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
+    """Run every trial, write the trials table and best.yaml, re-run the best on the reported edits."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from ftedit.pipeline import init_ray, run_mass_edit
+
+    started = time.perf_counter()
+    out = Path(cfg.output.dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "base.yaml")
+    (out / "sweep.yaml").write_text(yaml.safe_dump(dataclasses.asdict(sweep), sort_keys=False))
+    init_ray(cfg)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_run_trial, base=base, sweep=sweep, trials_dir=str(out / "trials"), cwd=os.getcwd()),
+        {"CPU": 0.01},  # the trial driver only waits; its Train workers hold the real resources
+    )
+    experiment = out / "tune"
+    if tune.Tuner.can_restore(str(experiment)):
+        log.info("resuming the sweep in %s", experiment)
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=False)
+    else:
+        # max_t one past the last epoch: a trial that reaches max_t is stopped at once, which would
+        # cut it off before it merges and scores the edited model.
+        scheduler = (
+            ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs + 1, grace_period=sweep.grace_period,
+                          reduction_factor=sweep.reduction_factor)
+            if sweep.scheduler == "asha" else FIFOScheduler()
+        )
+        search_alg = None
+        if sweep.search == "optuna":
+            from ray.tune.search import ConcurrencyLimiter
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = ConcurrencyLimiter(OptunaSearch(seed=cfg.seed), max_concurrent=sweep.max_concurrent)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(sweep),
+            tune_config=tune.TuneConfig(
+                metric=f"probe_{sweep.metric}", mode="max", num_samples=sweep.num_samples, scheduler=scheduler,
+                search_alg=search_alg, max_concurrent_trials=sweep.max_concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=str(out), failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            ),
+        )
+    grid = tuner.fit()
+
+    trials = [_trial_row(result, sweep, cfg.train.epochs, out / "trials") for result in grid]
+    finished = [t for t in trials if t["status"] != "failed" and t["probe"] is not None]
+    best = max(finished, key=lambda t: (t["epochs"], t["probe"])) if finished else None
+    _write_trials(out, trials, best, sweep.metric)
+    if best is None:
+        raise RuntimeError(f"every trial failed; see {out / 'trials.md'}")
+    best_cfg = trial_config(base, best["values"])
+    best_cfg = dataclasses.replace(best_cfg, output=dataclasses.replace(best_cfg.output, dir=str(out / "best")))
+    dump_config(best_cfg, out / "best.yaml")
+    result = {"best": best, "trials": trials, "sweep_seconds": time.perf_counter() - started}
+    log.info("best trial %s (%s): probe %s %.1f; config in %s",
+             best["trial_id"], _values_text(best["values"]), sweep.metric, best["probe"], out / "best.yaml")
+    if sweep.rerun_best:
+        rerun = dataclasses.replace(best_cfg, output=dataclasses.replace(best_cfg.output, dir=str(out / "best-run"), overwrite=True))
+        result["best_run"] = run_mass_edit(rerun)
+    result["wall_seconds"] = time.perf_counter() - started
+    (out / "sweep_summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+def _trial_row(result, sweep: SweepConfig, epochs: int, trials_dir: Path) -> dict:
+    metrics = result.metrics or {}
+    values = {key: result.config[key] for key in sweep.space}
+    done_epochs = int(metrics.get("epoch", 0))
+    trial_id = metrics.get("trial_id") or (Path(result.path).name if result.path else "?")
+    summary_path = trials_dir / str(trial_id) / "summary.json"
+    validation = json.loads(summary_path.read_text())["after"] if summary_path.is_file() else None
+    if result.error is not None:
+        status = f"failed: {str(result.error).strip().splitlines()[-1][:200]}"
+    elif done_epochs < epochs:
+        status = f"stopped early after {done_epochs}/{epochs} epochs"
+    else:
+        status = "completed"
+    return {
+        "trial_id": trial_id,
+        "status": "failed" if result.error is not None else status,
+        "detail": status,
+        "values": values,
+        "epochs": done_epochs,
+        "probe": metrics.get(f"probe_{sweep.metric}"),
+        "probe_edit_score": metrics.get("probe_edit_score"),
+        "validation": validation and {k: validation[k] for k in ("efficacy", "generalization", "locality", "edit_score")},
+        "seconds": metrics.get("time_total_s"),
+    }
+
+
+def _values_text(values: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+def _write_trials(out: Path, trials: list[dict], best: dict | None, metric: str) -> None:
+    (out / "trials.json").write_text(json.dumps(trials, indent=2, default=str) + "\n")
+    fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    lines = [
+        f"| trial | values | status | epochs | probe {metric} | validation efficacy / generalization / locality / score | time (s) |",
+        "|---|---|---|---:|---:|---|---:|",
+    ]
+    for t in trials:
+        v = t["validation"]
+        val = " / ".join(fmt(v[k]) for k in ("efficacy", "generalization", "locality", "edit_score")) if v else "n/a"
+        mark = " **best**" if t is best else ""
+        lines.append(f"| {t['trial_id']}{mark} | {_values_text(t['values'])} | {t['detail']} | {t['epochs']} "
+                     f"| {fmt(t['probe'])} | {val} | {fmt(t['seconds'])} |")
+        if t["status"] == "failed":
+            lines[-1] = lines[-1].replace(t["detail"], t["detail"].replace("|", "/"))
+    (out / "trials.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
