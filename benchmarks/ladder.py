@@ -1,0 +1,193 @@
+"""The paper's ablation ladder: the same model, edits and training budget, one rung at a time.
+
+    python benchmarks/ladder.py --base configs/bench-counterfact-smollm2.yaml --sizes 10 100 \
+        --tunings lora full [key=value ...]
+
+Rungs (Gangadhar & Stratos, 2024), each a set of config overrides on the base config:
+  unedited   the model before editing (the `before` column of the runs below)
+  FT         full-sequence likelihood, the edits alone
+  FT+M       conditional likelihood (loss on the target given the prompt), the edits alone
+  FT+M+P     + pseudo-paraphrases (model-generated prefixes)
+  FT+M+P+R   + random unedited facts from the pool, kept at their answers
+  FT+M+P+S   + similar unedited facts (nearest by sentence embedding) instead of random ones
+The augmentation counts come from the base config (its n_paraphrase and n_random; n_similar
+defaults to n_random); epochs, lr and batch stay those of the base config for every rung, so the
+budget is the same number of passes over each rung's examples. `--full` gives the overrides of
+the full fine-tuning rows (a whole-model lr is far below a LoRA lr).
+
+Every run is a real `run_mass_edit` (Ray Train + DeepSpeed), with fluency on. Rows go to
+benchmarks/results/ladder.json (a row of the same dataset, method, tuning and size is replaced),
+the table in BENCHMARKS.md and benchmarks/results/ladder.png are rebuilt from that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ftedit.config import load_config  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+TABLE_START, TABLE_END = "<!-- ladder:start -->", "<!-- ladder:end -->"
+METHODS = ("unedited", "FT", "FT+M", "FT+M+P", "FT+M+P+R", "FT+M+P+S")
+KEY = ("dataset", "method", "tuning", "n_edits")
+
+
+def rung_overrides(method: str, n_paraphrase: int, n_random: int, n_similar: int) -> list[str]:
+    """Config overrides that turn the base config into one rung of the ladder."""
+    augment = {
+        "FT": (0, 0, 0),
+        "FT+M": (0, 0, 0),
+        "FT+M+P": (n_paraphrase, 0, 0),
+        "FT+M+P+R": (n_paraphrase, n_random, 0),
+        "FT+M+P+S": (n_paraphrase, 0, n_similar),
+    }[method]
+    mode = "full" if method == "FT" else "conditional"
+    p, r, s = augment
+    return [f"loss.mode={mode}", f"augment.n_paraphrase={p}", f"augment.n_random={r}", f"augment.n_similar={s}"]
+
+
+def row(dataset: str, method: str, tuning: str, n_edits: int, side: dict, summary: dict, run_dir: str) -> dict:
+    edited = method != "unedited"
+    train = summary["train"]
+    return {
+        "dataset": dataset,
+        "method": method,
+        "tuning": tuning if edited else "-",
+        "n_edits": n_edits,
+        **{k: side[k] for k in ("efficacy", "generalization", "locality", "edit_score")},
+        "fluency": side.get("fluency"),
+        "wall_seconds": summary["wall_seconds"] if edited else None,
+        "train_tokens_per_s": train["train_tokens_per_s"] if edited else None,
+        "run": run_dir if edited else None,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """New rows replace old rows with the same (dataset, method, tuning, n_edits)."""
+    merged = {tuple(r[k] for k in KEY): r for r in old}
+    merged.update({tuple(r[k] for k in KEY): r for r in new})
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(merged.values(), key=lambda r: (r["dataset"], r["n_edits"], r["tuning"] != "-", r["tuning"], order[r["method"]]))
+
+
+def render_table(rows: list[dict]) -> str:
+    fmt = lambda v, spec=".1f": "n/a" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        "| dataset | edits | method | tuning | efficacy | generalization | locality | edit score | fluency | wall (s) | train tokens/s |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {r['n_edits']} | {r['method']} | {r['tuning']} | {fmt(r['efficacy'])} "
+            f"| {fmt(r['generalization'])} | {fmt(r['locality'])} | **{fmt(r['edit_score'])}** | {fmt(r['fluency'])} "
+            f"| {fmt(r['wall_seconds'], '.0f')} | {fmt(r['train_tokens_per_s'], '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Edit score and fluency per method, one panel pair per dataset, a line per tuning x size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in rows})
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4 * len(datasets)), squeeze=False)
+    for d, dataset in enumerate(datasets):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        for n in sorted({r["n_edits"] for r in mine}):
+            unedited = next((r for r in mine if r["n_edits"] == n and r["method"] == "unedited"), None)
+            for tuning in sorted({r["tuning"] for r in mine} - {"-"}):
+                series = [unedited] + [r for m in METHODS[1:] for r in mine
+                                       if r["n_edits"] == n and r["tuning"] == tuning and r["method"] == m]
+                series = [r for r in series if r is not None]
+                x = [METHODS.index(r["method"]) for r in series]
+                for ax, metric in zip(axes[d], ("edit_score", "fluency")):
+                    y = [r[metric] if r[metric] is not None else float("nan") for r in series]
+                    ax.plot(x, y, marker="o", label=f"{tuning}, {n} edits")
+        for ax, title in zip(axes[d], ("edit score (harmonic mean of efficacy, generalization, locality)",
+                                       "fluency (n-gram entropy of generations, x100)")):
+            ax.set_xticks(range(len(METHODS)), METHODS)
+            ax.set_title(f"{dataset}: {title}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle("Fine-tuning as an editor: each rung adds one ingredient (same model, edits, budget)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(new_rows: list[dict], results: Path = RESULTS, benchmarks_md: Path = REPO / "BENCHMARKS.md") -> list[dict]:
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / "ladder.json"
+    rows = merge_rows(json.loads(path.read_text()) if path.exists() else [], new_rows)
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    text = benchmarks_md.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    benchmarks_md.write_text(text[:start] + "\n" + render_table(rows) + "\n" + text[end:])
+    plot(rows, results / "ladder.png")
+    return rows
+
+
+def run_ladder(base: str, sizes: list[int], tunings: list[str], methods: list[str], full: list[str],
+               overrides: list[str], runs_dir: Path) -> list[dict]:
+    from ftedit.pipeline import run_mass_edit
+
+    base_cfg = load_config(base, overrides)
+    n_similar = base_cfg.augment.n_similar or base_cfg.augment.n_random
+    dataset = Path(base).stem
+    rows = []
+    for n in sizes:
+        for tuning in tunings:
+            for method in methods:
+                name = f"{dataset}-{n}-{tuning}-{method.replace('+', '_')}"
+                run_dir = runs_dir / name
+                cfg = load_config(base, [
+                    *overrides,
+                    f"data.limit={n}",
+                    f"train.tuning={tuning}",
+                    *(full if tuning == "full" else []),
+                    *rung_overrides(method, base_cfg.augment.n_paraphrase, base_cfg.augment.n_random, n_similar),
+                    "eval.fluency_tokens=" + str(base_cfg.eval.fluency_tokens or 50),
+                    f"output.dir={run_dir}",
+                    "output.overwrite=true",
+                ])
+                logging.getLogger(__name__).info("ladder: %s", name)
+                summary = run_mass_edit(cfg)
+                dataset_name = summary["data_format"]
+                if not any(r["method"] == "unedited" and r["n_edits"] == n for r in rows):
+                    rows.append(row(dataset_name, "unedited", tuning, n, summary["before"], summary, str(run_dir)))
+                rows.append(row(dataset_name, method, tuning, n, summary["after"], summary, str(run_dir)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="the base run config (dataset, model, budget)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100], help="numbers of edits edited together")
+    parser.add_argument("--tunings", nargs="+", default=["lora"], choices=["lora", "full"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS[1:]), choices=METHODS[1:])
+    parser.add_argument("--full", nargs="*", default=["train.lr=5e-5"], help="overrides of the full fine-tuning rows")
+    parser.add_argument("--runs-dir", default="runs/ladder", help="where each rung's run directory goes")
+    parser.add_argument("--results", default=str(RESULTS), help="folder of ladder.json and ladder.png")
+    parser.add_argument("--benchmarks-md", default=str(REPO / "BENCHMARKS.md"), help="the file whose ladder table is rebuilt")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every rung")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    rows = run_ladder(args.base, args.sizes, args.tunings, args.methods, args.full, args.overrides, Path(args.runs_dir))
+    merged = write_outputs(rows, Path(args.results), Path(args.benchmarks_md))
+    print(render_table(merged))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""benchmarks/ladder.py: rung overrides, merging of result rows, and a real two-rung ladder."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from ladder import merge_rows, rung_overrides  # noqa: E402
+
+
+def test_each_rung_adds_one_ingredient():
+    assert rung_overrides("FT", 10, 10, 5) == [
+        "loss.mode=full", "augment.n_paraphrase=0", "augment.n_random=0", "augment.n_similar=0"]
+    assert rung_overrides("FT+M", 10, 10, 5)[0] == "loss.mode=conditional"
+    assert rung_overrides("FT+M+P", 10, 10, 5)[1:] == ["augment.n_paraphrase=10", "augment.n_random=0", "augment.n_similar=0"]
+    assert rung_overrides("FT+M+P+R", 10, 10, 5)[1:] == ["augment.n_paraphrase=10", "augment.n_random=10", "augment.n_similar=0"]
+    assert rung_overrides("FT+M+P+S", 10, 10, 5)[1:] == ["augment.n_paraphrase=10", "augment.n_random=0", "augment.n_similar=5"]
+
+
+def test_new_rows_replace_rows_of_the_same_setting():
+    old = [{"dataset": "cf", "method": "FT", "tuning": "lora", "n_edits": 10, "edit_score": 1.0},
+           {"dataset": "cf", "method": "FT+M", "tuning": "lora", "n_edits": 10, "edit_score": 2.0}]
+    new = [{"dataset": "cf", "method": "FT", "tuning": "lora", "n_edits": 10, "edit_score": 3.0},
+           {"dataset": "cf", "method": "unedited", "tuning": "-", "n_edits": 10, "edit_score": 0.5}]
+    rows = merge_rows(old, new)
+    assert [(r["method"], r["edit_score"]) for r in rows] == [("unedited", 0.5), ("FT", 3.0), ("FT+M", 2.0)]
+
+
+def test_a_two_rung_ladder_on_the_tiny_model_writes_rows_table_and_plot(tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# B\n<!-- ladder:start -->\nold\n<!-- ladder:end -->\nafter\n")
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/ladder.py", "--base", "configs/smoke.yaml", "--sizes", "4",
+         "--methods", "FT", "FT+M+P+R", "--runs-dir", str(tmp_path / "runs"), "--results", str(tmp_path),
+         "--benchmarks-md", str(md), "eval.fluency_tokens=8"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads((tmp_path / "ladder.json").read_text())
+    assert [(r["method"], r["tuning"], r["n_edits"]) for r in rows] == [
+        ("unedited", "-", 4), ("FT", "lora", 4), ("FT+M+P+R", "lora", 4)]
+    by_method = {r["method"]: r for r in rows}
+    for r in rows:
+        assert r["dataset"] == "jsonl" and 0 <= r["edit_score"] <= 100 and r["fluency"] is not None
+    # Each rung's run used its own recipe: FT trained on edits alone, the full rung on augmentations.
+    ft = json.loads((tmp_path / "runs" / "smoke-4-lora-FT" / "summary.json").read_text())
+    full = json.loads((tmp_path / "runs" / "smoke-4-lora-FT_M_P_R" / "summary.json").read_text())
+    assert ft["examples"]["by_kind"] == {"edit": 4}
+    assert full["examples"]["by_kind"] == {"edit": 4, "paraphrase": 12, "random": 12}
+    assert by_method["unedited"]["edit_score"] == pytest.approx(ft["before"]["edit_score"])
+    assert by_method["FT+M+P+R"]["edit_score"] == pytest.approx(full["after"]["edit_score"])
+    text = md.read_text()
+    assert "old" not in text and "| jsonl | 4 | FT+M+P+R | lora |" in text and text.endswith("after\n")
+    assert (tmp_path / "ladder.png").stat().st_size > 10_000
