@@ -28,19 +28,15 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     """Greedy continuations (the generated text only) of every prompt, in left-padded batches."""
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the last position of each row
     model.eval()
     texts: list[str] = []
     started = time.perf_counter()
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
-            out = model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, use_cache=True
-            )
-            texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
+    for start in range(0, len(prompts), batch_size):
+        # Left padding: generation continues from the last position of every row.
+        batch = tokenizer(
+            prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left"
+        ).to(device)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, use_cache=True)
+        texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     log.info("  generated %d continuations of %d tokens (%.0f s)", len(prompts), max_new_tokens, time.perf_counter() - started)
     return texts

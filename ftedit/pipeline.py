@@ -15,12 +15,12 @@ from pathlib import Path
 
 from ftedit.assets import resolve_model_path
 from ftedit.augment import Exclusions, filter_fact_pool, generate_prefixes
-from ftedit.config import RunConfig, dump_config
+from ftedit.config import DataConfig, RunConfig, dump_config
 from ftedit.evaluate import evaluate, metric_kind
 from ftedit.loss import check_packing
 from ftedit.model import load_causal_lm, load_edited, pad_token_id
 from ftedit.report import render_markdown, write_json, write_per_edit
-from ftedit.requests import load_fact_pool, load_requests
+from ftedit.requests import LoadResult, load_fact_pool, load_requests
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,13 @@ def init_ray(cfg: RunConfig) -> None:
     context.enable_progress_bars = False  # our own progress lines are easier to read in job logs
 
 
+def load_edit_requests(data: DataConfig) -> LoadResult:
+    """The edit requests a data config names: its file, format, offset and limit, validated."""
+    return load_requests(
+        data.requests, data.format, data.limit, data.zsre_target, data.on_invalid == "skip", offset=data.offset
+    )
+
+
 def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     """Edit every request of `cfg.data.requests` into the model; returns the summary.
 
@@ -57,10 +64,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     out_dir = Path(cfg.output.dir)
 
     # 1. Inputs, all validated before anything is written or trained.
-    loaded = load_requests(
-        cfg.data.requests, cfg.data.format, cfg.data.limit, cfg.data.zsre_target, cfg.data.on_invalid == "skip",
-        offset=cfg.data.offset,
-    )
+    loaded = load_edit_requests(cfg.data)
     requests = loaded.requests
     for error in loaded.skipped:
         log.warning("skipped invalid request: %s", error)

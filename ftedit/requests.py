@@ -242,21 +242,20 @@ def _read_records(path: Path, limit: int | None, offset: int = 0) -> list[tuple[
     except (OSError, UnicodeDecodeError) as exc:
         raise file_error(f"cannot read: {exc}") from None
     if path.suffix.lower() == ".jsonl":
-        records = []
+        records, index = [], 0
         # split("\n"), not splitlines(): JSON strings may hold raw U+2028 and similar.
         for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
-            if limit is not None and len(records) >= limit:
+            if limit is not None and index >= limit:
                 break
-            if len(records) < offset:
-                records.append((len(records), None))  # skipped unparsed
-                continue
-            try:
-                records.append((len(records), json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise file_error(f"line {lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-        return records[offset:]
+            if index >= offset:  # records before the offset are skipped unparsed
+                try:
+                    records.append((index, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise file_error(f"line {lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+            index += 1
+        return records
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

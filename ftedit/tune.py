@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ftedit.config import ConfigError, RunConfig, _require, apply_override, dump_config, from_dict
+from ftedit.config import ConfigError, DataConfig, RunConfig, _require, apply_override, dump_config, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +122,10 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
 def _check_disjoint(base: RunConfig, sweep: SweepConfig) -> None:
     """Never tune on the reported edits: the two splits must share no case id."""
-    from ftedit.requests import load_requests
+    from ftedit.pipeline import load_edit_requests
 
-    reported = load_requests(base.data.requests, base.data.format, base.data.limit, base.data.zsre_target,
-                             base.data.on_invalid == "skip", offset=base.data.offset).requests
-    validation = load_requests(sweep.validation_requests or base.data.requests, base.data.format,
-                               sweep.validation_edits, base.data.zsre_target, base.data.on_invalid == "skip",
-                               offset=sweep.validation_offset).requests
+    reported = load_edit_requests(base.data).requests
+    validation = load_edit_requests(validation_data(base.data, sweep)).requests
     shared = {r.case_id for r in reported} & {r.case_id for r in validation}
     _require(not shared, "sweep.validation_offset",
              f"validation and reported edits overlap in {len(shared)} case ids (e.g. {sorted(shared)[:3]}); "
@@ -144,13 +141,18 @@ def trial_config(base: dict, values: dict[str, Any]) -> RunConfig:
     return from_dict(RunConfig, data)
 
 
+def validation_data(data: DataConfig, sweep: SweepConfig) -> DataConfig:
+    """The data config of the validation edits: the sweep's split, the run's other settings."""
+    return dataclasses.replace(
+        data, requests=sweep.validation_requests or data.requests,
+        offset=sweep.validation_offset, limit=sweep.validation_edits,
+    )
+
+
 def validation_config(base: dict, values: dict[str, Any], sweep: SweepConfig, out_dir: Path) -> RunConfig:
     """What a trial runs: the trial's values, on the validation edits, probing every epoch."""
     cfg = trial_config(base, values)
-    data = dataclasses.replace(
-        cfg.data, requests=sweep.validation_requests or cfg.data.requests,
-        offset=sweep.validation_offset, limit=sweep.validation_edits,
-    )
+    data = validation_data(cfg.data, sweep)
     probe = min(sweep.probe_edits or sweep.validation_edits, sweep.validation_edits)
     return dataclasses.replace(
         cfg, data=data, eval=dataclasses.replace(cfg.eval, probe_edits=probe),
@@ -291,9 +293,8 @@ def _write_trials(out: Path, trials: list[dict], best: dict | None, metric: str)
         v = t["validation"]
         val = " / ".join(fmt(v[k]) for k in ("efficacy", "generalization", "locality", "edit_score")) if v else "n/a"
         mark = " **best**" if t is best else ""
-        lines.append(f"| {t['trial_id']}{mark} | {_values_text(t['values'])} | {t['detail']} | {t['epochs']} "
+        detail = t["detail"].replace("|", "/")  # an error message must not split the table row
+        lines.append(f"| {t['trial_id']}{mark} | {_values_text(t['values'])} | {detail} | {t['epochs']} "
                      f"| {fmt(t['probe'])} | {val} | {fmt(t['seconds'])} |")
-        if t["status"] == "failed":
-            lines[-1] = lines[-1].replace(t["detail"], t["detail"].replace("|", "/"))
     (out / "trials.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
