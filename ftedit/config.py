@@ -157,6 +157,17 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     log_every: int = 10
     """Print loss, tokens/s and progress every N optimizer steps."""
+    checkpoint_every_epochs: int = 1
+    """Save a resumable checkpoint (trainable weights, optimizer, progress) every N epochs; 0 = off."""
+    checkpoint_every_steps: int = 0
+    """Also save one every N optimizer steps within an epoch (long epochs of big jobs); 0 = off."""
+    keep_checkpoints: int = 2
+    """Resumable checkpoints kept (the oldest are deleted); the final weights are always kept."""
+    max_failures: int = 0
+    """Worker-group restarts after a worker dies (each resumes from the latest checkpoint); -1 = no limit."""
+    storage_path: str | None = None
+    """Where Ray Train keeps checkpoints: null = inside the run's staging directory (one node);
+    on a multi-node cluster, storage every node reaches (`s3://bucket/prefix` or a shared mount)."""
 
     def __post_init__(self):
         _require(self.num_workers > 0, "num_workers", f"must be > 0, got {self.num_workers}")
@@ -170,6 +181,10 @@ class TrainConfig:
         _require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
         _require(not self.offload_params or self.zero_stage == 3, "offload_params", "needs zero_stage 3")
         _require(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
+        for key in ("checkpoint_every_epochs", "checkpoint_every_steps"):
+            _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        _require(self.keep_checkpoints > 0, "keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")
+        _require(self.max_failures >= -1, "max_failures", f"must be >= -1, got {self.max_failures}")
         _require(self.pack_length > 0, "pack_length", f"must be > 0, got {self.pack_length}")
         _require(self.micro_batch_size > 0, "micro_batch_size", f"must be > 0, got {self.micro_batch_size}")
         per_step = self.micro_batch_size * self.num_workers

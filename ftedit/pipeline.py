@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ftedit.assets import resolve_model_path
 from ftedit.augment import Exclusions, filter_fact_pool, generate_prefixes
-from ftedit.config import DataConfig, RunConfig, dump_config
+from ftedit.checkpoint import copy_trained_weights
+from ftedit.config import ConfigError, DataConfig, RunConfig, dump_config, load_config
 from ftedit.evaluate import evaluate, metric_kind
 from ftedit.loss import check_packing
 from ftedit.model import load_causal_lm, load_edited, pad_token_id
@@ -46,6 +47,14 @@ def init_ray(cfg: RunConfig) -> None:
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # same seed, same examples, same order
     context.enable_progress_bars = False  # our own progress lines are easier to read in job logs
+
+
+def _same_config(path: Path, cfg: RunConfig) -> bool:
+    """Whether an interrupted run's saved config is this one (then its checkpoints are ours)."""
+    try:
+        return path.is_file() and load_config(path) == cfg
+    except ConfigError:
+        return False
 
 
 def load_edit_requests(data: DataConfig) -> LoadResult:
@@ -80,9 +89,11 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     log.info("%d edit requests (%s, metrics: %s), fact pool %d", len(requests), loaded.format, kind, len(pool))
 
     staging = staging_dir(out_dir)
-    if staging.exists():
-        shutil.rmtree(staging)  # left by an interrupted run
-    staging.mkdir(parents=True)
+    if staging.exists() and not _same_config(staging / "config.yaml", cfg):
+        shutil.rmtree(staging)  # left by an interrupted run of another config
+    elif staging.exists():
+        log.info("resuming the interrupted run in %s (same config): training restarts from its latest checkpoint", staging)
+    staging.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, staging / "config.yaml")
 
     # 2. Augmentation inputs: excluded facts, model-generated prefixes, similar facts.
@@ -119,8 +130,9 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
         probe=requests[: cfg.eval.probe_edits], metric_kind=kind, callbacks=train_callbacks,
     )
     trained_dir = staging / ("adapter" if cfg.train.tuning == "lora" else "trained_layers")
-    shutil.copytree(checkpoint, trained_dir)
-    shutil.rmtree(staging / "ray", ignore_errors=True)  # checkpoints were copied; keep the run small
+    shutil.rmtree(trained_dir, ignore_errors=True)  # from an interrupted attempt
+    copy_trained_weights(checkpoint, trained_dir)
+    shutil.rmtree(staging / "ray", ignore_errors=True)  # local checkpoints were copied; keep the run small
 
     # 5. The edited model: merged, saved, evaluated.
     edited, tokenizer = load_edited(model_path, trained_dir, cfg.model.dtype)

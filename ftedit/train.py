@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -90,6 +89,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from ftedit.checkpoint import report_final, report_finished_again, report_resumable, restore
     from ftedit.model import load_causal_lm, pad_token_id, prepare_trainable, trainable_parameters
     from ftedit.requests import EditRequest
     from ftedit.loss import lm_loss
@@ -127,13 +127,30 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     probe = [EditRequest.from_dict(d) for d in loop_config.get("probe", [])]
     shard = ray.train.get_dataset_shard("train")
+    # A restarted worker group (a worker died) or a re-submitted job resumes from the latest
+    # checkpoint: weights, optimizer and scheduler state, and where in the epochs it stood.
+    progress, restored = restore(engine)
+    if restored is not None and progress.finished:
+        report_finished_again(restored, rank)
+        return
+    if restored is not None and rank == 0:
+        log.info("resumed from checkpoint %s: epoch %d, micro-batch %d of it (restart %d)",
+                 restored.path, progress.epoch + 1, progress.micro_step, progress.restarts)
     started = time.perf_counter()
-    micro_steps, tokens_seen, probe_seconds = 0, 0, 0.0
+    train_seconds_before = progress.train_seconds  # time of earlier attempts
+    probe_seconds = 0.0
     window = {"tokens": 0, "padded": 0, "loss": 0.0, "data_wait": 0.0, "start": started}
+    epoch_metrics: dict = {"epoch": progress.epoch}
     engine.train()
-    for epoch in range(train.epochs):
-        # Each epoch re-reads the shard in a new seeded order.
+
+    def elapsed_training() -> float:
+        return train_seconds_before + time.perf_counter() - started - probe_seconds
+
+    for epoch in range(progress.epoch, train.epochs):
+        # Each epoch re-reads the shard in a new seeded order (the same order after a restart).
         batches = iter(micro_batches(shard, train, cfg.seed * 1000 + epoch))
+        for _ in range(progress.micro_step):  # trained before the mid-epoch checkpoint
+            next(batches)
         while True:
             waited = time.perf_counter()
             batch = next(batches, None)
@@ -146,13 +163,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             engine.backward(loss)
             engine.step()
             n_tokens = int((tensors["example"] >= 0).sum())
-            micro_steps += 1
-            tokens_seen += n_tokens
+            progress.micro_step += 1
+            progress.micro_steps += 1
+            progress.tokens_seen += n_tokens
             window["tokens"] += n_tokens
             window["padded"] += tensors["example"].numel()
             window["loss"] += loss.item()
-            step, at_boundary = divmod(micro_steps, train.grad_accum_steps)
-            if at_boundary == 0 and step % train.log_every == 0:
+            step, at_boundary = divmod(progress.micro_steps, train.grad_accum_steps)
+            if at_boundary:
+                continue
+            if step % train.log_every == 0:
                 now = time.perf_counter()
                 if rank == 0:
                     log.info(
@@ -165,25 +185,33 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         100 * window["data_wait"] / max(now - window["start"], 1e-9), now - started,
                     )
                 window = {"tokens": 0, "padded": 0, "loss": 0.0, "data_wait": 0.0, "start": now}
+            if train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0:
+                progress.train_seconds = elapsed_training()
+                report_resumable(engine, progress, {"step": step}, rank)
 
         scored = time.perf_counter()
         epoch_metrics = {"epoch": epoch + 1, **_probe_metrics(engine, tokenizer, probe, loop_config, cfg, rank)}
         probe_seconds += time.perf_counter() - scored
-        if epoch + 1 < train.epochs:
-            ray.train.report(epoch_metrics)  # the last epoch reports with the checkpoint, below
+        progress.epoch, progress.micro_step = epoch + 1, 0
+        if epoch + 1 == train.epochs:
+            break  # the last epoch reports with the trained weights, below
+        if train.checkpoint_every_epochs and (epoch + 1) % train.checkpoint_every_epochs == 0:
+            progress.train_seconds = elapsed_training()
+            report_resumable(engine, progress, epoch_metrics, rank)
+        else:
+            ray.train.report(epoch_metrics)
 
-    seconds = time.perf_counter() - started - probe_seconds
+    progress.train_seconds = elapsed_training()
+    tokens = progress.tokens_seen * world  # each worker saw its own shard; shards are equal
     metrics = {
         **epoch_metrics,
-        "train_seconds": seconds,
-        "train_tokens": tokens_seen * world,  # each worker saw its own shard; shards are equal
-        "train_tokens_per_s": tokens_seen * world / max(seconds, 1e-9),
+        "train_seconds": progress.train_seconds,
+        "train_tokens": tokens,
+        "train_tokens_per_s": tokens / max(progress.train_seconds, 1e-9),
         "optimizer_steps": engine.global_steps,
+        "restarts": progress.restarts,
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        _save_from_engine(engine, Path(tmp), train, rank)
-        checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+    report_final(lambda directory: _save_from_engine(engine, directory, train, rank), progress, metrics, rank)
 
 
 def _probe_metrics(engine, tokenizer, probe: list, loop_config: dict, cfg: RunConfig, rank: int) -> dict:
@@ -226,14 +254,19 @@ def _save_from_engine(engine, out_dir: Path, train: TrainConfig, rank: int) -> N
 
 def fit(cfg: RunConfig, model_path: Path, dataset, n_examples: int, storage_dir: Path,
         probe: list | None = None, metric_kind: str = "counterfact", callbacks: list | tuple = ()):
-    """Run the train loop on Ray Train workers; returns (checkpoint directory, metrics).
+    """Run the train loop on Ray Train workers; returns (final checkpoint, metrics).
 
+    Checkpoints live in `train.storage_path` (or `storage_dir`) under the run's name, so a
+    restarted worker group and a re-submitted job with the same config resume from the latest.
     `probe`: edit requests scored after every epoch; `callbacks`: Ray Train callbacks (a sweep
     passes Tune's, which forwards every report to the trial).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from ftedit.checkpoint import run_name
+
+    train = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -244,18 +277,20 @@ def fit(cfg: RunConfig, model_path: Path, dataset, n_examples: int, storage_dir:
             "metric_kind": metric_kind,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": train.cpus_per_worker},
         ),
         datasets={"train": dataset},
         run_config=ray.train.RunConfig(
-            name="train",
-            storage_path=str(storage_dir.resolve()),
+            name=run_name(cfg),
+            storage_path=train.storage_path or str(storage_dir.resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             callbacks=list(callbacks),
         ),
     )
     result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training ended without a checkpoint: {result.error}")
-    return Path(result.checkpoint.path), result.metrics
+    if result.checkpoint is None or Path(result.checkpoint.path).name != "final":
+        raise RuntimeError(f"training ended without its final checkpoint: {result.error}")
+    return result.checkpoint, result.metrics

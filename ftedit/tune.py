@@ -33,6 +33,10 @@ DISTRIBUTIONS = ("choice", "uniform", "loguniform", "grid")
 PROBE_METRICS = ("edit_score", "efficacy", "generalization", "locality", "es", "ps", "ns", "em", "pm", "nm")
 
 
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped before every trial ended (it can be resumed)."""
+
+
 @dataclass
 class SweepConfig:
     space: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -65,6 +69,9 @@ class SweepConfig:
     """Retries of a failed trial before it is reported as failed (the sweep goes on either way)."""
     rerun_best: bool = True
     """Run best.yaml on the reported edits when the sweep ends (`<output.dir>/best-run`)."""
+    include_base: bool = False
+    """Make the first trial the base config's own values (a baseline every other trial is
+    measured against on the same validation edits); it counts towards num_samples."""
 
     def __post_init__(self):
         _require(bool(self.space), "space", "needs at least one key to search")
@@ -91,9 +98,10 @@ class SweepConfig:
         for key in ("validation_offset", "probe_edits", "max_failures"):
             _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
 
-    def sample_values(self) -> dict[str, Any]:
-        """One admissible value per key (to check that every key exists in the run config)."""
-        return {key: next(iter(spec.values()))[0] for key, spec in self.space.items()}
+    def edge_values(self) -> list[tuple[str, Any]]:
+        """Every listed value of a choice or grid, both ends of a range: checked against the run
+        config before the sweep starts, so that no trial fails on a value the config rejects."""
+        return [(key, value) for key, spec in self.space.items() for value in next(iter(spec.values()))]
 
 
 def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, RunConfig, SweepConfig]:
@@ -111,13 +119,25 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise ConfigError("sweep", f"{path} has no sweep section (search space, validation split)")
     sweep = from_dict(SweepConfig, sweep_data, "sweep.")
     base = from_dict(RunConfig, data)
-    for key, value in sweep.sample_values().items():
+    for key, value in sweep.edge_values():
         try:
             trial_config(data, {key: value})
         except ConfigError as e:
             raise ConfigError(f"sweep.space.{key}", e.message) from None
+    if sweep.include_base:
+        _check_base_in_space(data, sweep)
     _check_disjoint(base, sweep)
     return data, base, sweep
+
+
+def _check_base_in_space(base: dict, sweep: SweepConfig) -> None:
+    """include_base runs the base values as a trial: each must be a point of its dimension."""
+    for key, value in base_values(base, sweep).items():
+        (kind, values), = sweep.space[key].items()
+        inside = value in values if kind in ("choice", "grid") else (
+            isinstance(value, (int, float)) and values[0] <= value <= values[1])
+        _require(inside, f"sweep.space.{key}",
+                 f"include_base runs the base value {value!r}, which lies outside {kind} {values}")
 
 
 def _check_disjoint(base: RunConfig, sweep: SweepConfig) -> None:
@@ -141,6 +161,18 @@ def trial_config(base: dict, values: dict[str, Any]) -> RunConfig:
     return from_dict(RunConfig, data)
 
 
+def base_values(base: dict, sweep: SweepConfig) -> dict[str, Any]:
+    """The base config's value of every searched key (its defaults where the file is silent)."""
+    resolved = dataclasses.asdict(from_dict(RunConfig, copy.deepcopy(base)))
+    values = {}
+    for key in sweep.space:
+        node = resolved
+        for part in key.split("."):
+            node = node[part]
+        values[key] = node
+    return values
+
+
 def validation_data(data: DataConfig, sweep: SweepConfig) -> DataConfig:
     """The data config of the validation edits: the sweep's split, the run's other settings."""
     return dataclasses.replace(
@@ -154,8 +186,10 @@ def validation_config(base: dict, values: dict[str, Any], sweep: SweepConfig, ou
     cfg = trial_config(base, values)
     data = validation_data(cfg.data, sweep)
     probe = min(sweep.probe_edits or sweep.validation_edits, sweep.validation_edits)
+    # Mid-epoch checkpoints report no probe score, which Tune requires of every result.
+    train = dataclasses.replace(cfg.train, checkpoint_every_steps=0)
     return dataclasses.replace(
-        cfg, data=data, eval=dataclasses.replace(cfg.eval, probe_edits=probe),
+        cfg, data=data, train=train, eval=dataclasses.replace(cfg.eval, probe_edits=probe),
         output=dataclasses.replace(cfg.output, dir=str(out_dir), overwrite=True),
     )
 
@@ -186,7 +220,9 @@ def _run_trial(values: dict, base: dict, sweep: SweepConfig, trials_dir: str, cw
 def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
     """Run every trial, write the trials table and best.yaml, re-run the best on the reported edits."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from ftedit.tune_scheduler import ResumableASHA
 
     from ftedit.pipeline import init_ray, run_mass_edit
 
@@ -209,22 +245,29 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
         # max_t one past the last epoch: a trial that reaches max_t is stopped at once, which would
         # cut it off before it merges and scores the edited model.
         scheduler = (
-            ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs + 1, grace_period=sweep.grace_period,
-                          reduction_factor=sweep.reduction_factor)
+            ResumableASHA(out / "asha_state.pkl", time_attr="epoch", max_t=cfg.train.epochs + 1,
+                          grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor)
             if sweep.scheduler == "asha" else FIFOScheduler()
         )
-        search_alg = None
+        # Tune caps concurrency through max_concurrent_trials for a Searcher (Optuna); the
+        # random/grid generator ignores that setting and takes the cap itself.
+        points = [base_values(base, sweep)] if sweep.include_base else None
         if sweep.search == "optuna":
-            from ray.tune.search import ConcurrencyLimiter
             from ray.tune.search.optuna import OptunaSearch
 
-            search_alg = ConcurrencyLimiter(OptunaSearch(seed=cfg.seed), max_concurrent=sweep.max_concurrent)
+            search_alg = OptunaSearch(seed=cfg.seed, points_to_evaluate=points)
+        else:
+            from ray.tune.search import BasicVariantGenerator
+
+            search_alg = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=sweep.max_concurrent,
+                                               random_state=cfg.seed)
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(sweep),
             tune_config=tune.TuneConfig(
                 metric=f"probe_{sweep.metric}", mode="max", num_samples=sweep.num_samples, scheduler=scheduler,
-                search_alg=search_alg, max_concurrent_trials=sweep.max_concurrent,
+                search_alg=search_alg,
+                max_concurrent_trials=sweep.max_concurrent if sweep.search == "optuna" else None,
             ),
             run_config=tune.RunConfig(
                 name="tune", storage_path=str(out), failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -232,7 +275,18 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
         )
     grid = tuner.fit()
 
-    trials = [_trial_row(result, sweep, cfg.train.epochs, out / "trials") for result in grid]
+    # Tune's own record of every trial (its config and status survive a restore, where a trial
+    # that failed before reporting has no metrics to take them from).
+    from ray.tune import ExperimentAnalysis
+
+    tune_trials = {t.path: t for t in ExperimentAnalysis(str(experiment)).trials}
+    unfinished = sorted(t.trial_id for t in tune_trials.values() if t.status not in ("TERMINATED", "ERROR"))
+    if unfinished:  # Ctrl-C or a stopped job: no table or best config that would look final
+        raise SweepInterrupted(f"the sweep stopped with {len(unfinished)} trial(s) unfinished ({', '.join(unfinished)}); "
+                               f"run the same command again to resume it from {experiment}")
+    trials = [_trial_row(tune_trials[result.path], result, sweep, cfg.train.epochs, out / "trials") for result in grid]
+    for t in trials:
+        t["base"] = sweep.include_base and t["values"] == base_values(base, sweep)
     finished = [t for t in trials if t["status"] != "failed" and t["probe"] is not None]
     best = max(finished, key=lambda t: (t["epochs"], t["probe"])) if finished else None
     _write_trials(out, trials, best, sweep.metric)
@@ -252,11 +306,11 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
     return result
 
 
-def _trial_row(result, sweep: SweepConfig, epochs: int, trials_dir: Path) -> dict:
+def _trial_row(trial, result, sweep: SweepConfig, epochs: int, trials_dir: Path) -> dict:
     metrics = result.metrics or {}
-    values = {key: result.config[key] for key in sweep.space}
+    values = {key: trial.config[key] for key in sweep.space}
     done_epochs = int(metrics.get("epoch", 0))
-    trial_id = metrics.get("trial_id") or (Path(result.path).name if result.path else "?")
+    trial_id = trial.trial_id
     summary_path = trials_dir / str(trial_id) / "summary.json"
     validation = json.loads(summary_path.read_text())["after"] if summary_path.is_file() else None
     if result.error is not None:
@@ -292,7 +346,7 @@ def _write_trials(out: Path, trials: list[dict], best: dict | None, metric: str)
     for t in trials:
         v = t["validation"]
         val = " / ".join(fmt(v[k]) for k in ("efficacy", "generalization", "locality", "edit_score")) if v else "n/a"
-        mark = " **best**" if t is best else ""
+        mark = (" **best**" if t is best else "") + (" (base)" if t.get("base") else "")
         detail = t["detail"].replace("|", "/")  # an error message must not split the table row
         lines.append(f"| {t['trial_id']}{mark} | {_values_text(t['values'])} | {detail} | {t['epochs']} "
                      f"| {fmt(t['probe'])} | {val} | {fmt(t['seconds'])} |")

@@ -7,7 +7,8 @@ Writes into output.dir: trials.md / trials.json (every trial: values, status, pr
 scores, time), best.yaml (a run config: `python jobs/mass_edit.py --config <dir>/best.yaml`),
 best-run/ (that config on the reported edits, with its report) and tune/ (Tune's experiment).
 Submitting the same command again resumes an interrupted sweep from tune/.
-Exit 0 on success; on bad input exit 2 with the error on stderr.
+Exit 0 on success; on bad input exit 2 with the error on stderr; exit 3 when the sweep was
+interrupted (Ctrl-C, a stopped job) before every trial ended: run the same command to resume.
 """
 
 import argparse
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from ftedit.config import ConfigError  # noqa: E402
 from ftedit.pipeline import InputError  # noqa: E402
 from ftedit.requests import RequestError  # noqa: E402
-from ftedit.tune import load_sweep, run_sweep  # noqa: E402
+from ftedit.tune import SweepInterrupted, load_sweep, run_sweep  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RequestError, InputError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SweepInterrupted as stopped:
+        print(f"interrupted: {stopped}", file=sys.stderr)
+        return 3
     best = result["best"]
     line = f"best trial {best['trial_id']}: probe {sweep.metric} {best['probe']:.1f}"
     if "best_run" in result:

@@ -40,6 +40,9 @@ def test_int_accepted_for_float_but_bool_not_for_int(tmp_path):
         ("augment.n_paraphrase=-2", "augment.n_paraphrase"),
         ("augment.n_paraphrase=99", "augment.prefix_bank"),  # bank smaller than draws
         ("train.zero_stage=4", "train.zero_stage"),
+        ("train.max_failures=-2", "train.max_failures"),  # -1 is "no limit"
+        ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+        ("train.checkpoint_every_steps=-1", "train.checkpoint_every_steps"),
         ("train.batch_size=30", "train.batch_size"),  # not a multiple of micro * workers
         ("train.tuning=qlora", "train.tuning"),
         ("loss.mode=sequence", "loss.mode"),
@@ -89,3 +92,13 @@ def test_shipped_configs_validate(path):
         load_sweep(path)  # a run config plus its sweep section
     else:
         load_config(path)
+
+
+def test_run_name_follows_the_config_so_only_the_same_job_resumes():
+    from ftedit.checkpoint import run_name
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml")
+    name = run_name(cfg)
+    assert name.startswith("smoke-") and run_name(load_config(REPO / "configs" / "smoke.yaml")) == name
+    assert run_name(load_config(REPO / "configs" / "smoke.yaml", ["output.overwrite=true"])) == name
+    assert run_name(load_config(REPO / "configs" / "smoke.yaml", ["train.lr=1e-3"])) != name

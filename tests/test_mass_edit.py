@@ -4,6 +4,7 @@ DeepSpeed ZeRO-2 + LoRA), plus the failure paths of the job."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,51 @@ def test_zero3_full_finetuning_with_similar_facts_and_own_answers(tmp_path, tiny
     assert trained and all(".layers.1." in name for name in trained)
     assert all(t.numel() > 0 for t in trained.values())  # gathered, not ZeRO-3 placeholders
     assert summary["after"]["em"] > summary["before"]["em"] + 20, (summary["before"], summary["after"])
+
+
+def _wait_for_checkpoint(job, staging, name, timeout=600):
+    """Block until Ray Train has registered the resumable checkpoint `name` of the run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert job.poll() is None, "the job ended before a worker could be killed"
+        if any(name in f.read_text() for f in staging.glob("ray/*/checkpoint_manager_snapshot.json")):
+            return
+        time.sleep(1)
+    raise AssertionError(f"no checkpoint {name} in time")
+
+
+def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkpoint(smoke_run, tmp_path):
+    import psutil
+
+    out = tmp_path / "run"
+    log_path = tmp_path / "job.log"
+    with log_path.open("w") as log:
+        job = subprocess.Popen(
+            [sys.executable, "jobs/mass_edit.py", "--config", "configs/smoke.yaml", f"output.dir={out}",
+             "train.max_failures=1", "train.checkpoint_every_epochs=5"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for_checkpoint(job, out.with_name("run.incomplete"), "epoch0005")
+            workers = [p for p in psutil.Process(job.pid).children(recursive=True)
+                       if "RayTrainWorker" in " ".join(p.cmdline())]
+            assert len(workers) == 2, [p.cmdline() for p in workers]
+            workers[1].kill()  # SIGKILL: no clean-up, as when a node is lost
+            assert job.wait(timeout=900) == 0, log_path.read_text()[-4000:]
+        finally:
+            if job.poll() is None:
+                job.kill()
+    text = log_path.read_text()
+    assert "resumed from checkpoint" in text and "epoch0005" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train"]["restarts"] == 1
+    # Same seeded batches from epoch 6 on, same optimizer state: the uninterrupted run's result.
+    reference = json.loads((smoke_run[0] / "summary.json").read_text())
+    assert summary["after"]["efficacy"] == reference["after"]["efficacy"] == 100.0
+    for key in ("es", "ps", "ns", "edit_score"):
+        assert summary["after"][key] == pytest.approx(reference["after"][key], abs=1e-6), key
+    assert summary["after"]["em"] == pytest.approx(reference["after"]["em"], abs=1e-3)
+    assert summary["train"]["optimizer_steps"] == reference["train"]["optimizer_steps"]
+    # Every edit request is reported exactly once.
+    rows = [json.loads(line)["case_id"] for line in (out / "per_edit.jsonl").read_text().splitlines()]
+    assert sorted(rows) == sorted(set(rows)) == [f"sample-{i}" for i in range(6)]

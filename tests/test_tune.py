@@ -1,14 +1,17 @@
 """Sweeps: the sweep section's validation, the trial configs, and a real 3-trial sweep under ASHA."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 
 from ftedit.config import ConfigError, load_config
-from ftedit.tune import load_sweep, trial_config, validation_config
+from ftedit.tune import base_values, load_sweep, trial_config, validation_config
 from tests.conftest import REPO
 
 SMOKE = REPO / "configs" / "sweep-smoke.yaml"
@@ -23,6 +26,8 @@ def test_sweep_file_splits_into_base_run_config_and_sweep_settings():
 @pytest.mark.parametrize("override, key", [
     ("sweep.space={train.lrr: {choice: [1]}}", "sweep.space.train.lrr"),  # not a run-config key
     ("sweep.space={train.lr: {choice: [-1]}}", "sweep.space.train.lr"),  # a value the run config rejects
+    ("sweep.space={train.lr: {grid: [1.0e-3, -1]}}", "sweep.space.train.lr"),  # ... anywhere in the list
+    ("sweep.space={augment.n_random: {uniform: [-2, 4]}}", "sweep.space.augment.n_random"),  # ... or range
     ("sweep.space={train.lr: {normal: [0, 1]}}", "sweep.space.train.lr"),
     ("sweep.space={train.lr: {loguniform: [0, 1]}}", "sweep.space.train.lr"),
     ("sweep.search=optuna", "sweep.space.train.lr"),  # optuna cannot run a grid
@@ -36,6 +41,16 @@ def test_bad_sweep_settings_name_the_key(override, key):
     assert info.value.key == key
 
 
+def test_include_base_runs_the_base_values_first():
+    base, cfg, sweep = load_sweep(SMOKE, ["sweep.include_base=true", "sweep.space={train.lr: {loguniform: [1.0e-3, 1.0e-1]}, "
+                                          "augment.n_similar: {choice: [0, 2]}}", "sweep.search=optuna"])
+    # n_similar is not in the file: the base value is the config's default.
+    assert base_values(base, sweep) == {"train.lr": 2e-2, "augment.n_similar": 0}
+    with pytest.raises(ConfigError) as info:  # the base value must be a point of the space
+        load_sweep(SMOKE, ["sweep.include_base=true", "train.lr=5.0e-2"])
+    assert info.value.key == "sweep.space.train.lr"
+
+
 def test_a_trial_runs_its_values_on_the_validation_edits_and_probes_them(tmp_path):
     base, cfg, sweep = load_sweep(SMOKE)
     trial = validation_config(base, {"train.lr": 1e-3, "train.layers": [1]}, sweep, tmp_path / "t")
@@ -47,23 +62,56 @@ def test_a_trial_runs_its_values_on_the_validation_edits_and_probes_them(tmp_pat
     assert (best.data.offset, best.data.limit, best.eval.probe_edits) == (0, 4, 0)
 
 
-def test_three_trial_sweep_stops_the_hopeless_trials_and_writes_a_runnable_best_config(tmp_path):
+def _wait_for_first_finished_trial(proc, experiment, timeout):
+    """Block until Tune's saved experiment state records a finished trial."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        if any("TERMINATED" in f.read_text() for f in experiment.glob("experiment_state-*.json")):
+            return
+        time.sleep(2)
+    raise AssertionError("no trial finished in time")
+
+
+def test_sweep_stops_hopeless_trials_survives_failing_ones_and_resumes_after_a_kill(tmp_path):
     out = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, "jobs/sweep.py", "--config", str(SMOKE), f"output.dir={out}"],
-        cwd=REPO, capture_output=True, text=True, timeout=1200,
-    )
+    broken = tmp_path / "broken-model"  # a checkpoint directory whose config cannot be read
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    # 2 learning rates x 2 models, run in this order: (2e-2, tiny) learns, (2e-2, broken) fails,
+    # (1e-8, tiny) cannot move the model and ASHA stops it, (1e-8, broken) fails.
+    space = f"sweep.space={{train.lr: {{grid: [2.0e-2, 1.0e-8]}}, model.path: {{grid: [tiny-random-llama, {broken}]}}}}"
+    command = [sys.executable, "jobs/sweep.py", "--config", str(SMOKE), f"output.dir={out}", space]
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_first_finished_trial(first, out / "tune", timeout=900)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+        first.wait()
+    done = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/summary.json")}
+    assert len(done) == 1 and not (out / "trials.json").exists()
+
+    # The same command again resumes: the finished trial is kept, the rest run.
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "resuming the sweep" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # not run again
     trials = json.loads((out / "trials.json").read_text())
-    assert len(trials) == 3
-    by_lr = {t["values"]["train.lr"]: t for t in trials}
-    assert by_lr[2e-2]["status"] == "completed" and by_lr[2e-2]["epochs"] == 8
-    # A learning rate of 1e-7 or 1e-8 cannot move the model: ASHA stops them at a milestone.
-    stopped = [t for t in trials if t["status"].startswith("stopped early")]
-    assert stopped and all(t["values"]["train.lr"] < 1e-6 for t in stopped)
+    assert len(trials) == 4
+    by_values = {(t["values"]["train.lr"], t["values"]["model.path"]): t for t in trials}
+    assert by_values[(2e-2, "tiny-random-llama")]["status"] == "completed"
+    assert by_values[(2e-2, "tiny-random-llama")]["epochs"] == 8
+    # A learning rate of 1e-8 cannot move the model: ASHA stops it at a milestone.
+    assert by_values[(1e-8, "tiny-random-llama")]["status"].startswith("stopped early")
+    # The broken checkpoint fails its trials; they are listed and the sweep goes on.
+    assert all(by_values[(lr, str(broken))]["status"] == "failed" for lr in (2e-2, 1e-8))
+    table = (out / "trials.md").read_text()
+    assert table.count("| failed") == 2 and "**best**" in table
+
     best = load_config(out / "best.yaml")
-    assert best.train.lr == 2e-2 and best.data.limit == 4 and best.data.offset == 0
-    assert "**best**" in (out / "trials.md").read_text()
+    assert best.train.lr == 2e-2 and best.model.path == "tiny-random-llama"
+    assert best.data.limit == 4 and best.data.offset == 0
     summary = json.loads((out / "best-run" / "summary.json").read_text())
     assert summary["n_edits"] == 4 and summary["after"]["efficacy"] == 100.0
     # best.yaml runs unchanged with the mass-edit job.

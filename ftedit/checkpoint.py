@@ -1,0 +1,127 @@
+"""Resumable training: what a Ray Train checkpoint of a run holds, and how the loop restarts from it.
+
+A resumable checkpoint is DeepSpeed's own checkpoint of the engine (trainable weights, optimizer
+and LR-scheduler state; every rank writes its ZeRO shard and Ray Train gathers all ranks' files
+into one checkpoint directory) plus `progress.json`: where in the epochs the run stood. When a
+worker dies, Ray Train restarts the worker group (`train.max_failures`) and the loop picks up the
+latest checkpoint; a job re-submitted with the same config finds the same Ray Train run (its name
+is derived from the config) and does the same. Epoch orders are seeded per epoch, so a resumed
+run sees the same batches as an uninterrupted one.
+
+The final checkpoint holds only the trained weights (adapter or layers), marked finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftedit.config import RunConfig, to_dict
+
+PROGRESS_FILE = "progress.json"
+ENGINE_TAG = "engine"
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint, so counters survive restarts."""
+
+    epoch: int = 0
+    """Epochs completed."""
+    micro_step: int = 0
+    """Micro-batches already trained in the current epoch (a mid-epoch checkpoint)."""
+    micro_steps: int = 0
+    """Micro-batches trained in all."""
+    tokens_seen: int = 0
+    """Training tokens this worker trained on (every worker's shard is the same size)."""
+    train_seconds: float = 0.0
+    """Training time, summed over attempts (probe scoring excluded)."""
+    restarts: int = 0
+    """How many times the run was resumed from a checkpoint."""
+    finished: bool = False
+    """The final checkpoint: trained weights, no engine state."""
+
+
+def run_name(cfg: RunConfig) -> str:
+    """The Ray Train run name: the run directory's name and a digest of the config.
+
+    The same config (re-submitted after a crash) finds its own checkpoints; a changed config
+    starts a new run instead of resuming someone else's optimizer state.
+    """
+    settings = to_dict(cfg)
+    settings["output"] = {k: v for k, v in settings["output"].items() if k != "overwrite"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{Path(cfg.output.dir).name}-{digest}"
+
+
+def restore(engine) -> tuple[Progress, object | None]:
+    """(progress, checkpoint) of the latest checkpoint Ray Train hands this attempt, if any.
+
+    An unfinished checkpoint is loaded into `engine` (weights, optimizer, scheduler, step count).
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return Progress(), None
+    with checkpoint.as_directory() as directory:
+        progress = Progress(**json.loads((Path(directory) / PROGRESS_FILE).read_text()))
+        if not progress.finished:
+            # Frozen weights are not in the checkpoint (see save_resumable): load non-strictly.
+            engine.load_checkpoint(directory, tag=ENGINE_TAG, load_module_strict=False)
+    progress.restarts += 1
+    return progress, checkpoint
+
+
+def report_resumable(engine, progress: Progress, metrics: dict, rank: int) -> None:
+    """Report `metrics` with a checkpoint the run can resume from. Every rank must call this."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # Every rank writes its own optimizer shard; frozen base weights are never saved (for
+        # LoRA the checkpoint holds the adapter and its optimizer state, not the base model).
+        engine.save_checkpoint(tmp, tag=ENGINE_TAG, exclude_frozen_parameters=True)
+        if rank == 0:
+            (Path(tmp) / PROGRESS_FILE).write_text(json.dumps(dataclasses.asdict(progress)))
+        ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"epoch{progress.epoch:04d}-step{progress.micro_steps:09d}",
+        )
+
+
+def report_final(save_weights, progress: Progress, metrics: dict, rank: int) -> None:
+    """Report the trained weights (written by `save_weights(directory)`) as the run's result."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_weights(Path(tmp))  # every rank joins (ZeRO-3 gathers); rank 0 writes
+        checkpoint = None
+        if rank == 0:
+            finished = dataclasses.replace(progress, finished=True)
+            (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({**dataclasses.asdict(finished), "metrics": metrics}))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name="final")
+
+
+def report_finished_again(checkpoint, rank: int) -> None:
+    """A restart after the final checkpoint (the driver died while collecting it): report it again."""
+    import ray.train
+
+    with checkpoint.as_directory() as directory:
+        state = json.loads((Path(directory) / PROGRESS_FILE).read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                shutil.copytree(directory, tmp, dirs_exist_ok=True)
+            ray.train.report(state["metrics"], checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
+                             checkpoint_dir_name="final")
+
+
+def copy_trained_weights(checkpoint, destination: Path) -> None:
+    """The final checkpoint's weights into the run directory (from local or remote storage)."""
+    checkpoint.to_directory(str(destination))
+    (destination / PROGRESS_FILE).unlink(missing_ok=True)
