@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ftedit.assets import resolve_model_path
@@ -21,7 +22,7 @@ from ftedit.evaluate import evaluate, metric_kind
 from ftedit.loss import check_packing
 from ftedit.model import load_causal_lm, load_edited, pad_token_id
 from ftedit.report import render_markdown, write_json, write_per_edit
-from ftedit.requests import LoadResult, load_fact_pool, load_requests
+from ftedit.requests import EditRequest, Fact, LoadResult, load_fact_pool, load_requests
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,103 @@ def load_edit_requests(data: DataConfig) -> LoadResult:
     )
 
 
+@dataclass
+class Inputs:
+    """A run's validated inputs: the edit requests, their metrics, the fact pool, the model."""
+
+    loaded: LoadResult
+    kind: str
+    pool: list[Fact]
+    model_path: Path
+
+    @property
+    def requests(self) -> list[EditRequest]:
+        return self.loaded.requests
+
+
+@dataclass
+class Augmentation:
+    """What augmenting the requests needs: prefixes, usable pool facts, similar facts, exclusions."""
+
+    prefixes: list[str]
+    pool: list[Fact]
+    similar: list[list[int]]
+    exclusions: Exclusions
+
+
+def load_inputs(cfg: RunConfig) -> Inputs:
+    """Read and validate everything a run reads, before anything is written or trained."""
+    loaded = load_edit_requests(cfg.data)
+    for error in loaded.skipped:
+        log.warning("skipped invalid request: %s", error)
+    if not loaded.requests:
+        raise InputError(f"{cfg.data.requests}: no valid edit requests")
+    kind = metric_kind(loaded.requests, loaded.format, cfg.eval.kind)
+    pool = load_fact_pool(cfg.data.fact_pool, cfg.data.fact_pool_format, cfg.data.fact_pool_limit) if cfg.data.fact_pool else []
+    if (cfg.augment.n_random or cfg.augment.n_similar) and not pool:
+        raise InputError("augment.n_random/n_similar > 0 need data.fact_pool with at least one fact")
+    model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
+    log.info("%d edit requests (%s, metrics: %s), fact pool %d", len(loaded.requests), loaded.format, kind, len(pool))
+    return Inputs(loaded, kind, pool, model_path)
+
+
+def prepare_augmentation(cfg: RunConfig, inputs: Inputs, model, tokenizer) -> Augmentation:
+    """Exclude evaluation prompts and edited subjects from the pool, generate the prefixes with
+    the model being edited, and find each edit's similar facts."""
+    exclusions = Exclusions.of(inputs.requests)
+    pool = filter_fact_pool(inputs.pool, exclusions)
+    prefixes = generate_prefixes(model, tokenizer, cfg.augment, cfg.seed) if cfg.augment.n_paraphrase else []
+    similar = [[] for _ in inputs.requests]
+    if cfg.augment.n_similar:
+        from ftedit.similarity import nearest_facts
+
+        embedder = resolve_model_path(cfg.augment.embedding_model, cfg.model.cache_dir)
+        similar = nearest_facts([r.prompt for r in inputs.requests], [f.prompt for f in pool], cfg.augment.n_similar, str(embedder))
+    return Augmentation(prefixes, pool, similar, exclusions)
+
+
+def training_dataset(cfg: RunConfig, inputs: Inputs, augmentation: Augmentation):
+    """(the tokenized training examples as a Ray Dataset, their counts by kind and tokens)."""
+    from ftedit.dataset import build_training_dataset, example_counts
+
+    init_ray(cfg)
+    dataset = build_training_dataset(
+        cfg, inputs.requests, augmentation.prefixes, augmentation.pool, augmentation.similar,
+        augmentation.exclusions.eval_prompts, str(inputs.model_path),
+    )
+    counts = example_counts(dataset)
+    log.info("training examples: %s", counts)
+    return dataset, counts
+
+
+def plan_run(cfg: RunConfig) -> dict:
+    """A dry run: validate, augment and tokenize on Ray Data, count; no training, nothing written.
+
+    What a big job will train on (examples by kind, tokens, optimizer steps) before paying for it.
+    """
+    from ftedit.train import optimizer_steps
+
+    started = time.perf_counter()
+    inputs = load_inputs(cfg)
+    model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
+    augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
+    del model
+    _, counts = training_dataset(cfg, inputs, augmentation)
+    steps = optimizer_steps(counts["examples"], cfg.train)
+    return {
+        "n_edits": len(inputs.requests),
+        "skipped": [str(e) for e in inputs.loaded.skipped],
+        "metric_kind": inputs.kind,
+        "fact_pool": len(augmentation.pool),
+        "prefixes": len(augmentation.prefixes),
+        "examples": counts,
+        "epochs": cfg.train.epochs,
+        "optimizer_steps": steps * cfg.train.epochs,
+        "train_tokens": counts["tokens"] * cfg.train.epochs,
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
 def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     """Edit every request of `cfg.data.requests` into the model; returns the summary.
 
@@ -73,20 +171,10 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     out_dir = Path(cfg.output.dir)
 
     # 1. Inputs, all validated before anything is written or trained.
-    loaded = load_edit_requests(cfg.data)
-    requests = loaded.requests
-    for error in loaded.skipped:
-        log.warning("skipped invalid request: %s", error)
-    if not requests:
-        raise InputError(f"{cfg.data.requests}: no valid edit requests")
-    kind = metric_kind(requests, loaded.format, cfg.eval.kind)
-    pool = load_fact_pool(cfg.data.fact_pool, cfg.data.fact_pool_format, cfg.data.fact_pool_limit) if cfg.data.fact_pool else []
-    if (cfg.augment.n_random or cfg.augment.n_similar) and not pool:
-        raise InputError("augment.n_random/n_similar > 0 need data.fact_pool with at least one fact")
+    inputs = load_inputs(cfg)
+    requests, kind = inputs.requests, inputs.kind
     if out_dir.exists() and not cfg.output.overwrite:
         raise InputError(f"output.dir {out_dir} exists; pick another or set output.overwrite=true")
-    model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
-    log.info("%d edit requests (%s, metrics: %s), fact pool %d", len(requests), loaded.format, kind, len(pool))
 
     staging = staging_dir(out_dir)
     if staging.exists() and not _same_config(staging / "config.yaml", cfg):
@@ -97,17 +185,9 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     dump_config(cfg, staging / "config.yaml")
 
     # 2. Augmentation inputs: excluded facts, model-generated prefixes, similar facts.
-    exclusions = Exclusions.of(requests)
-    pool = filter_fact_pool(pool, exclusions)
-    model, tokenizer = load_causal_lm(model_path, cfg.model.dtype)
-    prefixes = generate_prefixes(model, tokenizer, cfg.augment, cfg.seed) if cfg.augment.n_paraphrase else []
-    write_json(staging / "prefixes.json", prefixes)
-    similar = [[] for _ in requests]
-    if cfg.augment.n_similar:
-        from ftedit.similarity import nearest_facts
-
-        embedder = resolve_model_path(cfg.augment.embedding_model, cfg.model.cache_dir)
-        similar = nearest_facts([r.prompt for r in requests], [f.prompt for f in pool], cfg.augment.n_similar, str(embedder))
+    model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
+    augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
+    write_json(staging / "prefixes.json", augmentation.prefixes)
 
     # 3. The unedited model, scored by the same code that scores the edited one.
     log.info("evaluating the unedited model")
@@ -116,17 +196,11 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     del model
 
     # 4. Augment + tokenize on Ray Data, train on Ray Train + DeepSpeed.
-    from ftedit.dataset import build_training_dataset, example_counts
     from ftedit.train import fit
 
-    init_ray(cfg)
-    dataset = build_training_dataset(
-        cfg, requests, prefixes, pool, similar, exclusions.eval_prompts, str(model_path)
-    )
-    counts = example_counts(dataset)
-    log.info("training examples: %s", counts)
+    dataset, counts = training_dataset(cfg, inputs, augmentation)
     checkpoint, train_metrics = fit(
-        cfg, model_path, dataset, counts["examples"], staging / "ray",
+        cfg, inputs.model_path, dataset, counts["examples"], staging / "ray",
         probe=requests[: cfg.eval.probe_edits], metric_kind=kind, callbacks=train_callbacks,
     )
     trained_dir = staging / ("adapter" if cfg.train.tuning == "lora" else "trained_layers")
@@ -135,7 +209,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     shutil.rmtree(staging / "ray", ignore_errors=True)  # local checkpoints were copied; keep the run small
 
     # 5. The edited model: merged, saved, evaluated.
-    edited, tokenizer = load_edited(model_path, trained_dir, cfg.model.dtype)
+    edited, tokenizer = load_edited(inputs.model_path, trained_dir, cfg.model.dtype)
     if cfg.output.save_merged:
         edited.save_pretrained(staging / "model")
         tokenizer.save_pretrained(staging / "model")
@@ -149,12 +223,12 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
         "before": before.summary,
         "after": after.summary,
         "metric_kind": kind,
-        "data_format": loaded.format,
+        "data_format": inputs.loaded.format,
         "model": cfg.model.path,
         "requests": cfg.data.requests,
         "examples": counts,
         "train": train_metrics,
-        "skipped": [str(e) for e in loaded.skipped],
+        "skipped": [str(e) for e in inputs.loaded.skipped],
     }
     write_per_edit(staging / "per_edit.jsonl", requests, before.records, after.records)
     (staging / "report.md").write_text(render_markdown(summary))
