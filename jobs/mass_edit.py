@@ -1,12 +1,14 @@
 """Edit many facts into a causal LM by fine-tuning, on Ray Train + DeepSpeed.
 
     python jobs/mass_edit.py --config configs/quickstart.yaml [section.key=value ...]
+    python jobs/mass_edit.py --config configs/gptj-counterfact-10k.yaml --dry-run   # plan only
     ray job submit --working-dir . -- python jobs/mass_edit.py --config configs/quickstart.yaml
 
 Exit 0 on success; on bad input (config, requests file) exit 2 with the error on stderr.
 """
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ftedit.config import ConfigError, load_config  # noqa: E402
-from ftedit.pipeline import InputError, run_mass_edit  # noqa: E402
+from ftedit.pipeline import InputError, plan_run, run_mass_edit  # noqa: E402
 from ftedit.requests import RequestError  # noqa: E402
 
 
@@ -22,10 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config; defaults are used for keys it leaves out")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate, augment and tokenize, print the counts as JSON; no training, nothing written")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            print(json.dumps(plan_run(cfg), indent=2))
+            return 0
         summary = run_mass_edit(cfg)
     except (ConfigError, RequestError, InputError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

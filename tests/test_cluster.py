@@ -30,8 +30,21 @@ def test_cluster_has_a_cpu_head_and_gpu_workers_that_install_ftedit():
     assert sum(t["max_workers"] for t in gpu_types.values()) >= cluster["max_workers"]
     assert any(t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot" for t in gpu_types.values())
     # The checkout is synced to every node and installed with the same pins as locally.
-    (mount, source), = cluster["file_mounts"].items()
-    assert source == "."
+    mount = next(target for target, source in cluster["file_mounts"].items() if source == ".")
     setup = " && ".join(cluster["setup_commands"])
     assert "torch==2.13.0" in setup and f"-e {mount}" in setup and "constraints.txt" in setup
     assert setup.index("torch==") < setup.index(f"-e {mount}")  # torch first (platform notes)
+
+
+def test_paper_configs_read_their_data_where_the_cluster_mounts_it():
+    from ftedit.config import load_config
+
+    mounts = {target.replace("~", "/home/ray"): source for target, source in _cluster()["file_mounts"].items()}
+    for name in ("gptj-counterfact-10k.yaml", "llama3-8b-counterfact-full-zero3.yaml"):
+        cfg = load_config(REPO / "configs" / name)
+        for path in (cfg.data.requests, cfg.data.fact_pool):
+            mount = next((m for m in mounts if path.startswith(m + "/")), None)
+            assert mount is not None, (name, path)
+            local = REPO / mounts[mount] / path[len(mount) + 1:]
+            assert local.is_file() or not (REPO / mounts[mount]).is_dir(), local  # data present: the file exists
+        assert cfg.train.use_gpu and cfg.train.max_failures > 0 and cfg.output.dir.startswith("/")

@@ -1,0 +1,173 @@
+"""Speed benchmark, side by side in one process on the same model, examples and micro-batches:
+
+1. training tokens/s of a plain single-process PyTorch loop (peft LoRA, torch AdamW) against
+   the Ray Train + DeepSpeed path with 1 worker (`ftedit.train.fit`), whose start-up (Ray
+   Train workers, model load, DeepSpeed initialisation, checkpointing) is reported separately;
+2. scoring throughput of the evaluation (`score_probes`) against forward-only passes of the
+   same model over the same packed rows.
+
+    python benchmarks/throughput.py --config configs/bench-counterfact-smollm2.yaml [--edits 30] [key=value ...]
+
+Writes benchmarks/results/throughput.json and the table between the throughput markers in
+BENCHMARKS.md. Run it on an otherwise idle machine: on 2 cores anything else running distorts it.
+"""
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.edit_quality import machine  # noqa: E402
+from ftedit.config import load_config  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+TABLE_START, TABLE_END = "<!-- throughput:start -->", "<!-- throughput:end -->"
+log = logging.getLogger("throughput")
+
+
+def plain_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
+    """The training step without Ray or DeepSpeed: same model, LoRA, batches, packing, optimizer."""
+    import torch
+
+    from ftedit.loss import lm_loss
+    from ftedit.model import load_causal_lm, pad_token_id, prepare_trainable, trainable_parameters
+    from ftedit.tokenize import pack_batch
+    from ftedit.train import micro_batches
+
+    train = cfg.train
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_causal_lm(model_path, cfg.model.dtype)
+    model = prepare_trainable(model, train, cfg.lora, cfg.seed)
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    pad = pad_token_id(tokenizer)
+    model.train()
+    tokens, micro_steps, started = 0, 0, time.perf_counter()
+    for epoch in range(train.epochs):
+        for batch in micro_batches(dataset, train, cfg.seed * 1000 + epoch):
+            packed = pack_batch(batch["input_ids"], batch["labels"], pad, train.pack_length)
+            loss = lm_loss(model, packed) / train.grad_accum_steps
+            loss.backward()
+            micro_steps += 1
+            tokens += int((packed["example"] >= 0).sum())
+            if micro_steps % train.grad_accum_steps == 0:
+                torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - started
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def scoring_vs_forward(cfg, inputs, model, tokenizer) -> dict:
+    """Evaluation scoring against bare forward passes over the same packed rows."""
+    import torch
+
+    from ftedit.evaluate import probes_of, score_probes
+    from ftedit.model import pad_token_id
+    from ftedit.tokenize import encode_example, pack_batch
+
+    probes = list(dict.fromkeys(p for r in inputs.requests for p in probes_of(r, inputs.kind)))
+    encoded = [encode_example(tokenizer, p, t) for p, t in probes]
+    tokens = sum(len(e["input_ids"]) for e in encoded)
+    size, pad = cfg.eval.batch_size, pad_token_id(tokenizer)
+    batches = [pack_batch([e["input_ids"] for e in encoded[i:i + size]], [e["labels"] for e in encoded[i:i + size]],
+                          pad, cfg.eval.pack_length) for i in range(0, len(encoded), size)]
+    model.eval()
+    with torch.no_grad():
+        started = time.perf_counter()
+        for batch in batches:
+            model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        forward = time.perf_counter() - started
+    started = time.perf_counter()
+    score_probes(model, tokenizer, probes, size, cfg.eval.pack_length)
+    scoring = time.perf_counter() - started
+    return {"probes": len(probes), "tokens": tokens, "forward_tokens_per_s": tokens / forward,
+            "scoring_tokens_per_s": tokens / scoring}
+
+
+def render_table(r: dict) -> str:
+    return "\n".join([
+        "| measurement | tokens/s | ratio | bar |",
+        "|---|---:|---:|---|",
+        f"| plain PyTorch training loop (1 process) | {r['plain']['tokens_per_s']:.0f} | 1.00 | |",
+        f"| Ray Train + DeepSpeed ZeRO-{r['zero_stage']}, 1 worker | {r['ray']['tokens_per_s']:.0f} "
+        f"| {r['train_ratio']:.2f} | >= 0.9 |",
+        f"| forward-only passes over the evaluation's packed rows | {r['eval']['forward_tokens_per_s']:.0f} | 1.00 | |",
+        f"| evaluation scoring (`score_probes`) | {r['eval']['scoring_tokens_per_s']:.0f} | {r['eval_ratio']:.2f} | >= 0.8 |",
+        "",
+        f"Ray Train start-up (workers, model load, DeepSpeed init) and checkpointing: {r['ray']['startup_seconds']:.0f} s "
+        f"outside the measured loop. {r['n_edits']} edits, {r['examples']} examples, {r['epochs']} epoch(s); "
+        f"{r['machine']}; {r['date']}. Command: `{r['command']}`",
+    ])
+
+
+def update_benchmarks_md(result: dict) -> None:
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    path.write_text(text[:start] + "\n" + render_table(result) + "\n" + text[end:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--edits", type=int, default=30, help="edit requests (examples follow from the config)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    from ftedit.model import load_causal_lm
+    from ftedit.pipeline import load_inputs, prepare_augmentation, training_dataset
+    from ftedit.train import fit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(args.config, [*args.overrides, f"data.limit={args.edits}", f"train.epochs={args.epochs}",
+                                        "train.num_workers=1", "eval.probe_edits=0", f"output.dir={tmp}/run"])
+        inputs = load_inputs(cfg)
+        model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
+        augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
+        dataset, counts = training_dataset(cfg, inputs, augmentation)
+
+        evaluation = scoring_vs_forward(cfg, inputs, model, tokenizer)
+        del model
+        log.info("scoring: %s", evaluation)
+        plain = plain_loop_tokens_per_s(cfg, inputs.model_path, dataset)
+        log.info("plain loop: %s", plain)
+        started = time.perf_counter()
+        _, metrics = fit(cfg, inputs.model_path, dataset, counts["examples"], Path(tmp) / "ray")
+        wall = time.perf_counter() - started
+        ray_result = {"tokens": metrics["train_tokens"], "seconds": metrics["train_seconds"],
+                      "tokens_per_s": metrics["train_tokens_per_s"], "startup_seconds": wall - metrics["train_seconds"]}
+        log.info("ray train: %s", ray_result)
+
+    result = {
+        "config": args.config,
+        "command": " ".join(["python benchmarks/throughput.py", *sys.argv[1:]]),
+        "n_edits": len(inputs.requests),
+        "examples": counts["examples"],
+        "epochs": args.epochs,
+        "zero_stage": cfg.train.zero_stage,
+        "plain": plain,
+        "ray": ray_result,
+        "train_ratio": ray_result["tokens_per_s"] / plain["tokens_per_s"],
+        "eval": evaluation,
+        "eval_ratio": evaluation["scoring_tokens_per_s"] / evaluation["forward_tokens_per_s"],
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    update_benchmarks_md(result)
+    print(render_table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""--dry-run: validate, augment and tokenize on Ray Data and count, without training or writing.
+The paper-scale configs (GPT-J LoRA ZeRO-2, Llama-3 full ZeRO-3) plan with a tiny stand-in model."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from ftedit.config import load_config
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.mark.parametrize("config", ["gptj-counterfact-10k.yaml", "llama3-8b-counterfact-full-zero3.yaml"])
+def test_paper_scale_config_dry_runs_with_a_tiny_stand_in(config, tiny_model, shared_data, tmp_path):
+    out = tmp_path / "run"
+    counterfact = shared_data / "counterfact"
+    proc = subprocess.run(
+        [sys.executable, "jobs/mass_edit.py", "--config", f"configs/{config}", "--dry-run",
+         f"model.path={tiny_model}", f"data.requests={counterfact / 'counterfact-edit.json'}",
+         f"data.fact_pool={counterfact / 'counterfact-train.json'}", "data.limit=24", f"output.dir={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    plan = json.loads(proc.stdout)
+    cfg = load_config(REPO / "configs" / config)
+    assert plan["n_edits"] == 24 and plan["metric_kind"] == "counterfact"
+    by_kind = plan["examples"]["by_kind"]
+    # Every edit gets its prefixes and pool facts; an edit prompt that is another edit's
+    # evaluation prompt is never trained on, so "edit" may be below 24.
+    assert by_kind["paraphrase"] == 24 * cfg.augment.n_paraphrase and by_kind["random"] == 24 * cfg.augment.n_random
+    assert 0 < by_kind["edit"] <= 24 and plan["examples"]["examples"] == sum(by_kind.values())
+    per_worker = plan["examples"]["examples"] // cfg.train.num_workers
+    steps = math.ceil(per_worker / cfg.train.micro_batch_size) // cfg.train.grad_accum_steps
+    assert plan["optimizer_steps"] == cfg.train.epochs * steps
+    assert plan["train_tokens"] == cfg.train.epochs * plan["examples"]["tokens"] > 0
+    assert not out.exists() and not out.with_name("run.incomplete").exists()  # nothing written
