@@ -219,12 +219,26 @@ class EvalConfig:
     probe_edits: int = 0
     """After every epoch, score the first N edits with the model in training and report it (the
     progress log, Ray Train metrics `probe_*`, what a sweep's early stopping sees); 0 = off."""
+    actors: int = 1
+    """Model replicas scoring the requests in parallel (a Ray Data actor pool)."""
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    """GPUs per scoring actor (1 on GPU clusters; 0 scores on CPU)."""
+    requests_per_batch: int = 256
+    """Edit requests an actor evaluates per Ray Data batch."""
+    torch_threads: int = 0
+    """Intra-op threads per CPU scoring actor; 0 = this node's cores divided by `actors`."""
 
     def __post_init__(self):
         _require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         _require(self.fluency_tokens >= 0, "fluency_tokens", f"must be >= 0, got {self.fluency_tokens}")
         _require(self.fluency_prompts > 0, "fluency_prompts", f"must be > 0, got {self.fluency_prompts}")
         _require(self.probe_edits >= 0, "probe_edits", f"must be >= 0, got {self.probe_edits}")
+        _require(self.actors > 0, "actors", f"must be > 0, got {self.actors}")
+        _require(self.cpus_per_actor > 0, "cpus_per_actor", f"must be > 0, got {self.cpus_per_actor}")
+        _require(self.gpus_per_actor >= 0, "gpus_per_actor", f"must be >= 0, got {self.gpus_per_actor}")
+        _require(self.requests_per_batch > 0, "requests_per_batch", f"must be > 0, got {self.requests_per_batch}")
+        _require(self.torch_threads >= 0, "torch_threads", f"must be >= 0, got {self.torch_threads}")
         _require(self.pack_length > 0, "pack_length", f"must be > 0, got {self.pack_length}")
 
 

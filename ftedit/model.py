@@ -111,6 +111,7 @@ def save_trained(model, out_dir: Path, tuning: str) -> None:
 
 def load_edited(base_path: str | Path, trained_dir: Path, dtype: str = "float32"):
     """The base model with the trained weights applied (LoRA merged in): a plain causal LM."""
+    trained_dir = Path(trained_dir)
     model, tokenizer = load_causal_lm(base_path, dtype)
     tuning = json.loads((trained_dir / TUNING_FILE).read_text())["tuning"]
     if tuning == "lora":

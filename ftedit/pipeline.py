@@ -18,11 +18,12 @@ from ftedit.assets import resolve_model_path
 from ftedit.augment import Exclusions, filter_fact_pool, generate_prefixes
 from ftedit.checkpoint import copy_trained_weights
 from ftedit.config import ConfigError, DataConfig, RunConfig, dump_config, load_config
-from ftedit.evaluate import evaluate, metric_kind
+from ftedit.evaluate import metric_kind
 from ftedit.loss import check_packing
 from ftedit.model import load_causal_lm, load_edited, pad_token_id
 from ftedit.report import render_markdown, write_json, write_per_edit
 from ftedit.requests import EditRequest, Fact, LoadResult, load_fact_pool, load_requests
+from ftedit.scoring import evaluate_on_cluster
 
 log = logging.getLogger(__name__)
 
@@ -189,16 +190,19 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
     write_json(staging / "prefixes.json", augmentation.prefixes)
 
-    # 3. The unedited model, scored by the same code that scores the edited one.
-    log.info("evaluating the unedited model")
-    check_packing(model, pad_token_id(tokenizer))
-    before = evaluate(model, tokenizer, requests, kind, cfg.eval)
+    check_packing(model, pad_token_id(tokenizer))  # fail before any work if packed rows would mix
     del model
 
-    # 4. Augment + tokenize on Ray Data, train on Ray Train + DeepSpeed.
+    # 3. Augment + tokenize on Ray Data.
+    dataset, counts = training_dataset(cfg, inputs, augmentation)
+
+    # 4. The unedited model, scored by the same code (on Ray Data model actors) as the edited one.
+    log.info("evaluating the unedited model")
+    before = evaluate_on_cluster(cfg, inputs.model_path, requests, kind)
+
+    # 5. Train on Ray Train + DeepSpeed.
     from ftedit.train import fit
 
-    dataset, counts = training_dataset(cfg, inputs, augmentation)
     checkpoint, train_metrics = fit(
         cfg, inputs.model_path, dataset, counts["examples"], staging / "ray",
         probe=requests[: cfg.eval.probe_edits], metric_kind=kind, callbacks=train_callbacks,
@@ -208,15 +212,16 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     copy_trained_weights(checkpoint, trained_dir)
     shutil.rmtree(staging / "ray", ignore_errors=True)  # local checkpoints were copied; keep the run small
 
-    # 5. The edited model: merged, saved, evaluated.
-    edited, tokenizer = load_edited(inputs.model_path, trained_dir, cfg.model.dtype)
+    # 6. The edited model: merged and saved here, evaluated on the scoring actors.
     if cfg.output.save_merged:
+        edited, tokenizer = load_edited(inputs.model_path, trained_dir, cfg.model.dtype)
         edited.save_pretrained(staging / "model")
         tokenizer.save_pretrained(staging / "model")
+        del edited
     log.info("evaluating the edited model")
-    after = evaluate(edited, tokenizer, requests, kind, cfg.eval, reference=before)
+    after = evaluate_on_cluster(cfg, inputs.model_path, requests, kind, trained_dir=trained_dir, reference=before)
 
-    # 6. Report, then make the run directory visible under its real name.
+    # 7. Report, then make the run directory visible under its real name.
     summary = {
         "n_edits": len(requests),
         "wall_seconds": time.perf_counter() - started,

@@ -1,0 +1,109 @@
+"""Evaluation on the cluster: the edit requests are a Ray Dataset scored by a pool of model actors.
+
+Each actor loads the model once (the unedited base, or the base with the trained weights merged
+in), on a GPU when it is given one, and runs `evaluate` (the same function the train loop's probe
+uses) on batches of requests. Only per-request records travel back to the driver, plus each
+request's locality scores from the unedited model, which the edited model's evaluation needs
+for EasyEdit locality. `eval.actors` replicas score in parallel; the driver never loads the
+model for scoring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from ftedit.config import RunConfig
+from ftedit.evaluate import Evaluation, evaluate, locality_probes
+from ftedit.metrics import ProbeScore, summarize
+from ftedit.requests import EditRequest
+
+log = logging.getLogger(__name__)
+
+
+def _encode_scores(scores: dict) -> str:
+    return json.dumps([[list(probe), dataclasses.asdict(score)] for probe, score in scores.items()])
+
+
+def _decode_scores(text: str) -> dict:
+    return {tuple(probe): ProbeScore(nll=s["nll"], correct=tuple(s["correct"]), argmax=tuple(s["argmax"]))
+            for probe, s in json.loads(text)}
+
+
+class EvaluateRequests:
+    """Ray Data actor: one model replica, evaluating batches of requests."""
+
+    def __init__(self, model_path: str, trained_dir: str | None, run: dict, kind: str, threads: int):
+        import torch
+
+        from ftedit.config import RunConfig, from_dict
+        from ftedit.model import load_causal_lm, load_edited
+
+        if threads:
+            torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPUs (often 1)
+        cfg = from_dict(RunConfig, run)
+        if trained_dir is None:
+            self.model, self.tokenizer = load_causal_lm(model_path, cfg.model.dtype)
+        else:
+            self.model, self.tokenizer = load_edited(model_path, trained_dir, cfg.model.dtype)
+        if torch.cuda.is_available():  # a GPU was assigned to this actor (eval.gpus_per_actor)
+            self.model.to("cuda")
+        self.settings, self.kind = cfg.eval, kind
+
+    def __call__(self, batch: dict) -> dict:
+        requests = [EditRequest.from_dict(json.loads(text)) for text in batch["request"]]
+        reference = None
+        if "reference" in batch:
+            scores = {}
+            for text in batch["reference"]:
+                scores.update(_decode_scores(text))
+            reference = Evaluation(records=[], summary={}, scores=scores)
+        result = evaluate(self.model, self.tokenizer, requests, self.kind, self.settings, reference=reference)
+        locality = [_encode_scores({p: result.scores[p] for p in locality_probes(r)}) for r in requests]
+        return {
+            "index": batch["index"],
+            "record": np.array([json.dumps(record) for record in result.records], dtype=object),
+            "locality": np.array(locality, dtype=object),
+        }
+
+
+def evaluate_on_cluster(cfg: RunConfig, model_path, requests: list[EditRequest], kind: str,
+                        trained_dir=None, reference: Evaluation | None = None) -> Evaluation:
+    """Evaluate `requests` on the base model (or base + `trained_dir`) with `eval.actors` replicas.
+
+    The returned Evaluation keeps only the locality probes' scores: what a later evaluation
+    needs as its `reference`.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from ftedit.config import to_dict
+
+    started = time.perf_counter()
+    settings = cfg.eval
+    rows = [{"index": i, "request": json.dumps(r.to_dict())} for i, r in enumerate(requests)]
+    if reference is not None:
+        for row, r in zip(rows, requests):
+            row["reference"] = _encode_scores({p: reference.scores[p] for p in locality_probes(r)})
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.actors)
+    dataset = ray.data.from_items(rows).map_batches(
+        EvaluateRequests,
+        fn_constructor_args=(str(model_path), None if trained_dir is None else str(trained_dir), to_dict(cfg), kind,
+                             0 if settings.gpus_per_actor else threads),
+        batch_size=settings.requests_per_batch,
+        compute=ActorPoolStrategy(size=settings.actors),
+        num_cpus=settings.cpus_per_actor,
+        num_gpus=settings.gpus_per_actor or None,
+    )
+    records: list = [None] * len(requests)
+    scores: dict = {}
+    for row in dataset.iter_rows():  # one small row per request
+        records[int(row["index"])] = json.loads(row["record"])
+        scores.update(_decode_scores(row["locality"]))
+    log.info("evaluated %d requests on %d actor(s) in %.0f s", len(records), settings.actors, time.perf_counter() - started)
+    return Evaluation(records=records, summary=summarize(records, kind), scores=scores)
