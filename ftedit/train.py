@@ -4,7 +4,9 @@ Each worker loads the model, marks what trains (LoRA or layers), wraps it with D
 stage from the config, a plain torch AdamW so no fused op is compiled) and iterates its shard of
 the tokenized Ray Dataset. The global batch is fixed by the config; gradient accumulation is
 derived, so 1 worker and 8 workers take the same optimizer steps. Rank 0 logs loss, tokens/s and
-progress, and at the end reports the trained weights (adapter or layers) as a Ray checkpoint.
+progress. Every few epochs (or steps) all ranks report a resumable checkpoint (checkpoint.py),
+from which a restarted worker group or a re-submitted job continues; at the end the trained
+weights (adapter or layers) are reported as the run's final checkpoint.
 """
 
 from __future__ import annotations

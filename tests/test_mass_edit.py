@@ -165,11 +165,12 @@ def test_rerun_from_the_saved_config_survives_a_killed_worker_and_reproduces_the
     with log_path.open("w") as log:
         job = subprocess.Popen(
             [sys.executable, "jobs/mass_edit.py", "--config", str(first / "config.yaml"), f"output.dir={out}",
-             "train.max_failures=1", "train.checkpoint_every_epochs=5"],
+             # A checkpoint every 10 optimizer steps (3 per epoch): step 10 is inside epoch 4.
+             "train.max_failures=1", "train.checkpoint_every_epochs=0", "train.checkpoint_every_steps=10"],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         )
         try:
-            _wait_for_checkpoint(job, out.with_name("run.incomplete"), "epoch0005")
+            _wait_for_checkpoint(job, out.with_name("run.incomplete"), "step000000010")
             workers = [p for p in psutil.Process(job.pid).children(recursive=True)
                        if "RayTrainWorker" in " ".join(p.cmdline())]
             assert len(workers) == 2, [p.cmdline() for p in workers]
@@ -179,7 +180,7 @@ def test_rerun_from_the_saved_config_survives_a_killed_worker_and_reproduces_the
             if job.poll() is None:
                 job.kill()
     text = log_path.read_text()
-    assert "resumed from checkpoint" in text and "epoch0005" in text
+    assert "resumed from checkpoint" in text and "epoch 4, micro-batch 1 of it" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train"]["restarts"] == 1
     # Same seeded prefixes and batches, same optimizer state restored: the first run's result.
