@@ -36,7 +36,7 @@ def test_a_two_rung_ladder_on_the_tiny_model_writes_rows_table_and_plot(tmp_path
     proc = subprocess.run(
         [sys.executable, "benchmarks/ladder.py", "--base", "configs/smoke.yaml", "--sizes", "4",
          "--methods", "FT", "FT+M+P+R", "--runs-dir", str(tmp_path / "runs"), "--results", str(tmp_path),
-         "--benchmarks-md", str(md), "eval.fluency_tokens=8"],
+         "--benchmarks-md", str(md), "eval.fluency_tokens=8", "train.epochs=4"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -197,15 +197,33 @@ def test_rerun_from_the_saved_config_survives_a_killed_worker_and_reproduces_the
     assert sorted(rows) == sorted(set(rows)) == [f"sample-{i}" for i in range(6)]
 
 
-def test_one_worker_with_zero3_offload_matches_two_workers_with_zero2(smoke_run, tmp_path):
-    """The same global batch (16) on 1 worker (2 micro-batches accumulated, ZeRO-3 with optimizer
-    and parameters offloaded to CPU) and on 2 workers (ZeRO-2): the same edit, up to the order
-    in which the shards deliver examples."""
+def test_job_submitted_to_a_cluster_with_one_worker_and_zero3_offload_gives_the_same_edit(smoke_run, tmp_path, monkeypatch):
+    """`ray job submit` to a real head on loopback (stopped alone afterwards) runs the smoke job
+    with the same global batch (16) on 1 worker (2 micro-batches accumulated, ZeRO-3 with
+    optimizer and parameters offloaded to CPU): the edit of the local 2-worker ZeRO-2 run, up
+    to the order in which the shards deliver examples."""
+    import uuid
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from tests.local_cluster import local_head
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # Ray 2.60 enables token auth on local clusters
     out = tmp_path / "run"
-    proc = run_job("--config", "configs/smoke.yaml", f"output.dir={out}", "train.num_workers=1",
-                   "train.cpus_per_worker=1", "train.torch_threads=1", "train.zero_stage=3",
-                   "train.offload_optimizer=true", "train.offload_params=true")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    with local_head(num_cpus=2) as address:
+        job_id = f"ftedit-test-{uuid.uuid4().hex[:8]}"
+        submit = subprocess.run(
+            ["ray", "job", "submit", f"--address={address}", f"--submission-id={job_id}", f"--working-dir={REPO}",
+             "--", "python", "jobs/mass_edit.py", "--config", "configs/smoke.yaml", f"output.dir={out}",
+             "train.num_workers=1", "train.cpus_per_worker=1", "train.torch_threads=1", "train.zero_stage=3",
+             "train.offload_optimizer=true", "train.offload_params=true"],
+            capture_output=True, text=True, timeout=800,
+        )
+        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
+        assert JobSubmissionClient(address).get_job_status(job_id) == JobStatus.SUCCEEDED
+    # The job's log reached the client, and the run directory is complete where output.dir says.
+    assert "edit score" in submit.stdout and "tokens/s" in submit.stdout
+    assert (out / "model" / "config.json").is_file() and not out.with_name("run.incomplete").exists()
     one = json.loads((out / "summary.json").read_text())
     two = json.loads((smoke_run[0] / "summary.json").read_text())
     assert one["train"]["optimizer_steps"] == two["train"]["optimizer_steps"]
