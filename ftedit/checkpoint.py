@@ -70,7 +70,9 @@ def restore(engine) -> tuple[Progress, object | None]:
     if checkpoint is None:
         return Progress(), None
     with checkpoint.as_directory() as directory:
-        progress = Progress(**json.loads((Path(directory) / PROGRESS_FILE).read_text()))
+        state = json.loads((Path(directory) / PROGRESS_FILE).read_text())
+        # The final checkpoint's file also holds its metrics (report_final): keep Progress's fields.
+        progress = Progress(**{k: v for k, v in state.items() if k in Progress.__dataclass_fields__})
         if not progress.finished:
             # Frozen weights are not in the checkpoint (see save_resumable): load non-strictly.
             engine.load_checkpoint(directory, tag=ENGINE_TAG, load_module_strict=False)
