@@ -74,7 +74,7 @@ def restore(engine) -> tuple[Progress, object | None]:
         # The final checkpoint's file also holds its metrics (report_final): keep Progress's fields.
         progress = Progress(**{k: v for k, v in state.items() if k in Progress.__dataclass_fields__})
         if not progress.finished:
-            # Frozen weights are not in the checkpoint (see save_resumable): load non-strictly.
+            # Frozen weights are not in the checkpoint (see report_resumable): load non-strictly.
             engine.load_checkpoint(directory, tag=ENGINE_TAG, load_module_strict=False)
     progress.restarts += 1
     return progress, checkpoint

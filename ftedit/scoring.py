@@ -38,15 +38,16 @@ def _decode_scores(text: str) -> dict:
 class EvaluateRequests:
     """Ray Data actor: one model replica, evaluating batches of requests."""
 
-    def __init__(self, model_path: str, trained_dir: str | None, run: dict, kind: str, threads: int):
+    def __init__(self, model_path: str, trained_dir: str | None, run: dict, kind: str):
         import torch
 
         from ftedit.config import RunConfig, from_dict
         from ftedit.model import load_causal_lm, load_edited
 
-        if threads:
-            torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPUs (often 1)
         cfg = from_dict(RunConfig, run)
+        if not cfg.eval.gpus_per_actor:
+            # Ray sets OMP_NUM_THREADS to the actor's CPUs (often 1); use this node's cores.
+            torch.set_num_threads(cfg.eval.torch_threads or max(1, (os.cpu_count() or 1) // cfg.eval.actors))
         if trained_dir is None:
             self.model, self.tokenizer = load_causal_lm(model_path, cfg.model.dtype)
         else:
@@ -90,11 +91,9 @@ def evaluate_on_cluster(cfg: RunConfig, model_path, requests: list[EditRequest],
     if reference is not None:
         for row, r in zip(rows, requests):
             row["reference"] = _encode_scores({p: reference.scores[p] for p in locality_probes(r)})
-    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.actors)
     dataset = ray.data.from_items(rows).map_batches(
         EvaluateRequests,
-        fn_constructor_args=(str(model_path), None if trained_dir is None else str(trained_dir), to_dict(cfg), kind,
-                             0 if settings.gpus_per_actor else threads),
+        fn_constructor_args=(str(model_path), None if trained_dir is None else str(trained_dir), to_dict(cfg), kind),
         batch_size=settings.requests_per_batch,
         compute=ActorPoolStrategy(size=settings.actors),
         num_cpus=settings.cpus_per_actor,

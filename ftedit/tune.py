@@ -285,8 +285,9 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
         raise SweepInterrupted(f"the sweep stopped with {len(unfinished)} trial(s) unfinished ({', '.join(unfinished)}); "
                                f"run the same command again to resume it from {experiment}")
     trials = [_trial_row(tune_trials[result.path], result, sweep, cfg.train.epochs, out / "trials") for result in grid]
+    base_point = base_values(base, sweep) if sweep.include_base else None
     for t in trials:
-        t["base"] = sweep.include_base and t["values"] == base_values(base, sweep)
+        t["base"] = t["values"] == base_point
     finished = [t for t in trials if t["status"] != "failed" and t["probe"] is not None]
     best = max(finished, key=lambda t: (t["epochs"], t["probe"])) if finished else None
     _write_trials(out, trials, best, sweep.metric)
