@@ -14,10 +14,12 @@ shards the requests. Evaluation prompts of every edit in the run are never train
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections import defaultdict
+
+import numpy as np
 
 from ftedit.config import AugmentConfig
-from ftedit.requests import EditRequest, Fact
+from ftedit.requests import EditRequest, Fact, text_key
 
 # Example kinds: "edit", "paraphrase" (train the new target), and the locality facts below.
 LOCALITY_KINDS = ("random", "similar")
@@ -28,39 +30,85 @@ def normalize(prompt: str) -> str:
     return " ".join(prompt.lower().split())
 
 
-@dataclass(frozen=True)
-class Exclusions:
-    """What must never be trained on: every evaluation prompt, and facts about edited subjects."""
+class DigestSet:
+    """A set of strings held as sorted 8-byte keys (`requests.text_key`).
 
-    eval_prompts: frozenset[str]
-    edit_prompts: frozenset[str]
-    subjects: frozenset[str]
-    # Subjects long enough to search for inside a pool prompt ("I" or "US" would match anywhere).
-    searchable_subjects: tuple[str, ...]
+    Every evaluation prompt of a 100,000-edit run is a million strings; as keys they take 8 MB
+    and travel to the Ray Data tasks that augment the requests.
+    """
+
+    def __init__(self, keys=()):
+        self.keys = np.unique(np.asarray(keys, dtype=np.int64))
 
     @classmethod
-    def of(cls, requests: list[EditRequest]) -> "Exclusions":
-        subjects = frozenset(normalize(r.subject) for r in requests)
-        return cls(
-            eval_prompts=frozenset(normalize(p) for r in requests for p in r.eval_prompts()),
-            edit_prompts=frozenset(normalize(r.prompt) for r in requests),
-            subjects=subjects,
-            searchable_subjects=tuple(sorted(s for s in subjects if len(s) >= 4)),
-        )
+    def of(cls, texts) -> "DigestSet":
+        return cls(np.fromiter((text_key(t) for t in texts), dtype=np.int64))
 
-    def allows(self, fact: Fact) -> bool:
-        prompt = normalize(fact.prompt)
-        if prompt in self.eval_prompts or prompt in self.edit_prompts:
-            return False
-        if normalize(fact.subject) in self.subjects:
-            return False
-        # The pool's subject field may name something else while the prompt mentions an edited subject.
-        return not any(s in prompt for s in self.searchable_subjects)
+    def __contains__(self, text: str) -> bool:
+        key = text_key(text)
+        i = int(np.searchsorted(self.keys, key))
+        return i < len(self.keys) and int(self.keys[i]) == key
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
-def filter_fact_pool(pool: list[Fact], exclusions: Exclusions) -> list[Fact]:
+def eval_prompt_keys(requests: list[EditRequest]) -> np.ndarray:
+    """Keys of the normalized evaluation prompts of `requests` (see `never_train_on`)."""
+    return np.fromiter((text_key(normalize(p)) for r in requests for p in r.eval_prompts()), dtype=np.int64)
+
+
+def never_train_on(requests: list[EditRequest]) -> DigestSet:
+    """Normalized prompts that must never be trained on: every evaluation prompt of the run."""
+    return DigestSet(eval_prompt_keys(requests))
+
+
+class PoolIndex:
+    """The fact pool indexed for `facts_to_drop`: built once, asked once per batch of requests."""
+
+    def __init__(self, pool: list[Fact]):
+        self.prompts = [normalize(f.prompt) for f in pool]
+        self.by_prompt: dict[str, list[int]] = defaultdict(list)
+        self.by_subject: dict[str, list[int]] = defaultdict(list)
+        for i, (prompt, fact) in enumerate(zip(self.prompts, pool)):
+            self.by_prompt[prompt].append(i)
+            self.by_subject[normalize(fact.subject)].append(i)
+
+    def facts_to_drop(self, requests: list[EditRequest]) -> set[int]:
+        """Pool facts the run must not train on, given some of its requests: facts whose prompt is
+        an edit or evaluation prompt, and facts about an edited subject (named as the fact's
+        subject, or inside its prompt). Requests can be given in batches: the union is the same."""
+        drop: set[int] = set()
+        for r in requests:
+            for prompt in (r.prompt, *r.eval_prompts()):
+                drop.update(self.by_prompt.get(normalize(prompt), ()))
+            drop.update(self.by_subject.get(normalize(r.subject), ()))
+        # The pool's subject field may name something else while the prompt mentions an edited
+        # subject. Subjects shorter than 4 characters ("I", "US") would match anywhere.
+        by_head: dict[str, list[str]] = defaultdict(list)
+        for subject in {normalize(r.subject) for r in requests}:
+            if len(subject) >= 4:
+                by_head[subject[:4]].append(subject)
+        if by_head:
+            for i, prompt in enumerate(self.prompts):
+                if i not in drop and _mentions(prompt, by_head):
+                    drop.add(i)
+        return drop
+
+
+def _mentions(prompt: str, by_head: dict[str, list[str]]) -> bool:
+    """Whether `prompt` contains one of the subjects (indexed by their first 4 characters)."""
+    for start in range(len(prompt) - 3):
+        for subject in by_head.get(prompt[start : start + 4], ()):
+            if prompt.startswith(subject, start):
+                return True
+    return False
+
+
+def filter_fact_pool(pool: list[Fact], requests: list[EditRequest]) -> list[Fact]:
     """Drop pool facts that are evaluation prompts, edit prompts, or about an edited subject."""
-    return [fact for fact in pool if exclusions.allows(fact)]
+    drop = PoolIndex(pool).facts_to_drop(requests)
+    return [fact for i, fact in enumerate(pool) if i not in drop]
 
 
 def with_prefix(prefix: str, prompt: str) -> str:
@@ -74,7 +122,7 @@ def augment_request(
     similar: list[int],
     cfg: AugmentConfig,
     seed: int,
-    forbidden_prompts: frozenset[str] = frozenset(),
+    forbidden_prompts: DigestSet | frozenset[str] = frozenset(),
 ) -> list[dict]:
     """The training examples of one edit: dicts with case_id, prompt, target, kind.
 

@@ -45,7 +45,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     requests: str = "data/sample_edits.jsonl"
-    """The edit requests file (CounterFact, zsRE, MQuAKE JSON or a JSONL of requests)."""
+    """The edit requests: a file or a glob (`edits/part-*.jsonl`) of CounterFact, zsRE or MQuAKE
+    JSON or JSONL requests, read and validated as a Ray Dataset (records numbered across files)."""
     format: Literal["auto", "counterfact", "zsre", "mquake", "jsonl"] = "auto"
     limit: int | None = None
     """Edit only N requests of the file (the first N after `offset`)."""

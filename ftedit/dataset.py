@@ -7,11 +7,12 @@ own shard of it.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
 
-from ftedit.augment import LOCALITY_KINDS, augment_request
+from ftedit.augment import LOCALITY_KINDS, DigestSet, augment_request
 from ftedit.config import RunConfig
 from ftedit.requests import EditRequest, Fact
 from ftedit.tokenize import TokenizeBatch
@@ -22,11 +23,10 @@ log = logging.getLogger(__name__)
 def augment_batch(batch: dict, prefixes, pool, cfg, seed, forbidden) -> dict:
     """Ray Data stage: a batch of request rows -> a batch of example rows."""
     rows = []
-    for case_id, prompt, subject, target_new, similar in zip(
-        batch["case_id"], batch["prompt"], batch["subject"], batch["target_new"], batch["similar"]
-    ):
-        request = EditRequest(case_id=str(case_id), prompt=str(prompt), subject=str(subject), target_new=str(target_new))
-        rows += augment_request(request, prefixes, pool, [int(i) for i in similar], cfg, seed, forbidden)
+    similar = batch["similar"] if "similar" in batch else [None] * len(batch["request"])
+    for text, nearest in zip(batch["request"], similar):
+        request = EditRequest.from_dict(json.loads(text))
+        rows += augment_request(request, prefixes, pool, json.loads(nearest) if nearest else [], cfg, seed, forbidden)
     return {key: np.array([row[key] for row in rows], dtype=object) for key in ("case_id", "prompt", "target", "kind")}
 
 
@@ -69,21 +69,28 @@ class OwnAnswers:
 
 def build_training_dataset(
     cfg: RunConfig,
-    requests: list[EditRequest],
+    requests,
     prefixes: list[str],
     pool: list[Fact],
-    similar: list[list[int]],
-    forbidden_prompts: frozenset[str],
+    forbidden_prompts: DigestSet,
     model_path: str,
+    embedder_path: str | None = None,
 ):
-    """A materialized, shuffled Ray Dataset of tokenized training examples."""
-    import ray
+    """A materialized, shuffled Ray Dataset of tokenized training examples.
 
-    rows = [
-        {"case_id": r.case_id, "prompt": r.prompt, "subject": r.subject, "target_new": r.target_new, "similar": s}
-        for r, s in zip(requests, similar)
-    ]
-    ds = ray.data.from_items(rows)
+    `requests` is the run's request Dataset (`request_dataset.RequestSource.dataset`); the pool
+    is already filtered, and `embedder_path` is needed when augment.n_similar > 0.
+    """
+    ds = requests
+    if cfg.augment.n_similar and pool:
+        from ftedit.similarity import SimilarFacts
+
+        ds = ds.map_batches(
+            SimilarFacts,
+            fn_constructor_args=(embedder_path, [f.prompt for f in pool], cfg.augment.n_similar),
+            batch_size=1024,
+            concurrency=1,
+        )
     ds = ds.map_batches(
         augment_batch,
         fn_kwargs={

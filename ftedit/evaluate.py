@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,18 +35,19 @@ log = logging.getLogger(__name__)
 Probe = tuple[str, str]  # (prompt, target)
 
 
-def metric_kind(requests: list[EditRequest], data_format: str, configured: str) -> str:
-    """`counterfact` (probability comparisons) needs a true answer per request; zsRE uses accuracy."""
+def metric_kind(data_format: str, configured: str, missing_true: Sequence[str] = ()) -> str:
+    """`counterfact` (probability comparisons) needs a true answer per request; zsRE uses accuracy.
+
+    `missing_true`: case ids of (some of) the requests without target_true; empty if none lacks it.
+    """
     if configured != "auto":
         kind = configured
     else:
         kind = "zsre" if data_format == "zsre" else "counterfact"
-    if kind == "counterfact":
-        missing = [r.case_id for r in requests if r.target_true is None]
-        if missing and configured == "auto":
+    if kind == "counterfact" and missing_true:
+        if configured == "auto":
             return "zsre"  # no true answers: only accuracies can be computed
-        if missing:
-            raise ValueError(f"eval.kind=counterfact needs target_true; missing for case_id {missing[:5]}")
+        raise ValueError(f"eval.kind=counterfact needs target_true; missing for case_id {list(missing_true)[:5]}")
     return kind
 
 

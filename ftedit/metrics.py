@@ -29,6 +29,7 @@ __all__ = [
     "harmonic_mean",
     "ngram_entropy",
     "summarize",
+    "MetricTotals",
 ]
 
 
@@ -189,6 +190,41 @@ _COMMON = {
 }
 
 
+class MetricTotals:
+    """Running sums behind `summarize`: records are added one by one (streamed), never held."""
+
+    def __init__(self, kind: str):
+        if kind not in _KEYS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(_KEYS)}")
+        self.kind = kind
+        self.keys = list(_KEYS[kind]) + ["easyedit_locality", "fluency"]
+        self.sums = dict.fromkeys(self.keys, 0.0)
+        self.counts = dict.fromkeys(self.keys, 0)
+        self.present: set[str] = set()
+        self.n_records = 0
+
+    def add(self, record: dict) -> None:
+        self.n_records += 1
+        for key in self.keys:
+            if key in record:
+                self.present.add(key)
+                if record[key] is not None:
+                    self.sums[key] += float(record[key])
+                    self.counts[key] += 1
+
+    def summary(self) -> dict:
+        """As `summarize` describes it."""
+        keys = list(_KEYS[self.kind]) + [k for k in ("easyedit_locality", "fluency") if k in self.present]
+        out: dict = {key: 100.0 * self.sums[key] / self.counts[key] if self.counts[key] else None for key in keys}
+        for common, src in _COMMON[self.kind].items():
+            if common not in out:
+                out[common] = out[src]
+        present = [out[k] for k in ("efficacy", "generalization", "locality") if out[k] is not None]
+        out["edit_score"] = harmonic_mean(present) if present else None
+        out["n_records"] = self.n_records
+        return out
+
+
 def summarize(records: Sequence[dict], kind: str) -> dict:
     """Average per-record metrics over records, x100 (as MEMIT reports them).
 
@@ -198,19 +234,7 @@ def summarize(records: Sequence[dict], kind: str) -> dict:
     x100 too, as MEMIT's generation entropy),
     ``edit_score`` = harmonic mean of the non-None common keys, and ``n_records``.
     """
-    if kind not in _KEYS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(_KEYS)}")
-    keys = list(_KEYS[kind])
-    keys += [k for k in ("easyedit_locality", "fluency") if any(k in r for r in records)]
-
-    out: dict = {}
-    for key in keys:
-        m = _mean([r[key] for r in records if r.get(key) is not None])
-        out[key] = None if m is None else 100.0 * m
-    for common, src in _COMMON[kind].items():
-        if common not in out:
-            out[common] = out[src]
-    present = [out[k] for k in ("efficacy", "generalization", "locality") if out[k] is not None]
-    out["edit_score"] = harmonic_mean(present) if present else None
-    out["n_records"] = len(records)
-    return out
+    totals = MetricTotals(kind)
+    for record in records:
+        totals.add(record)
+    return totals.summary()

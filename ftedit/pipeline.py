@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftedit.assets import resolve_model_path
-from ftedit.augment import Exclusions, filter_fact_pool, generate_prefixes
+from ftedit.augment import DigestSet, generate_prefixes
 from ftedit.checkpoint import copy_trained_weights
-from ftedit.config import ConfigError, DataConfig, RunConfig, dump_config, load_config
+from ftedit.config import ConfigError, RunConfig, dump_config, load_config
 from ftedit.evaluate import metric_kind
 from ftedit.loss import check_packing
 from ftedit.model import load_causal_lm, load_edited, pad_token_id
 from ftedit.report import render_markdown, write_json, write_per_edit
-from ftedit.requests import EditRequest, Fact, LoadResult, load_fact_pool, load_requests
-from ftedit.scoring import evaluate_on_cluster
+from ftedit.request_dataset import RequestSource, open_requests, pool_exclusions
+from ftedit.requests import Fact, load_fact_pool
+from ftedit.scoring import evaluate_on_cluster, scored_rows
 
 log = logging.getLogger(__name__)
 
@@ -59,66 +60,57 @@ def _same_config(path: Path, cfg: RunConfig) -> bool:
         return False
 
 
-def load_edit_requests(data: DataConfig) -> LoadResult:
-    """The edit requests a data config names: its file, format, offset and limit, validated."""
-    return load_requests(
-        data.requests, data.format, data.limit, data.zsre_target, data.on_invalid == "skip", offset=data.offset
-    )
-
-
 @dataclass
 class Inputs:
-    """A run's validated inputs: the edit requests, their metrics, the fact pool, the model."""
+    """A run's validated inputs: the edit requests (on the cluster), their metrics, the fact pool,
+    the model."""
 
-    loaded: LoadResult
+    source: RequestSource
     kind: str
     pool: list[Fact]
     model_path: Path
 
-    @property
-    def requests(self) -> list[EditRequest]:
-        return self.loaded.requests
-
 
 @dataclass
 class Augmentation:
-    """What augmenting the requests needs: prefixes, usable pool facts, similar facts, exclusions."""
+    """What augmenting the requests needs: prefixes, usable pool facts, prompts never to train on,
+    the sentence embedder for similar facts."""
 
     prefixes: list[str]
     pool: list[Fact]
-    similar: list[list[int]]
-    exclusions: Exclusions
+    forbidden_prompts: DigestSet
+    embedder_path: str | None
 
 
 def load_inputs(cfg: RunConfig) -> Inputs:
-    """Read and validate everything a run reads, before anything is written or trained."""
-    loaded = load_edit_requests(cfg.data)
-    for error in loaded.skipped:
+    """Read and validate everything a run reads, before anything is written or trained.
+
+    The requests are read and validated on the cluster (`request_dataset.open_requests`).
+    """
+    init_ray(cfg)
+    source = open_requests(cfg.data)
+    for error in source.skipped:
         log.warning("skipped invalid request: %s", error)
-    if not loaded.requests:
+    if not source.n_requests:
         raise InputError(f"{cfg.data.requests}: no valid edit requests")
-    kind = metric_kind(loaded.requests, loaded.format, cfg.eval.kind)
+    kind = metric_kind(source.format, cfg.eval.kind, source.missing_true)
     pool = load_fact_pool(cfg.data.fact_pool, cfg.data.fact_pool_format, cfg.data.fact_pool_limit) if cfg.data.fact_pool else []
     if (cfg.augment.n_random or cfg.augment.n_similar) and not pool:
         raise InputError("augment.n_random/n_similar > 0 need data.fact_pool with at least one fact")
     model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
-    log.info("%d edit requests (%s, metrics: %s), fact pool %d", len(loaded.requests), loaded.format, kind, len(pool))
-    return Inputs(loaded, kind, pool, model_path)
+    log.info("%d edit requests (%s, metrics: %s), fact pool %d", source.n_requests, source.format, kind, len(pool))
+    return Inputs(source, kind, pool, model_path)
 
 
 def prepare_augmentation(cfg: RunConfig, inputs: Inputs, model, tokenizer) -> Augmentation:
-    """Exclude evaluation prompts and edited subjects from the pool, generate the prefixes with
-    the model being edited, and find each edit's similar facts."""
-    exclusions = Exclusions.of(inputs.requests)
-    pool = filter_fact_pool(inputs.pool, exclusions)
+    """Exclude evaluation prompts and edited subjects from the pool (on the cluster), and generate
+    the prefixes with the model being edited."""
+    pool, forbidden = pool_exclusions(inputs.source, inputs.pool)
     prefixes = generate_prefixes(model, tokenizer, cfg.augment, cfg.seed) if cfg.augment.n_paraphrase else []
-    similar = [[] for _ in inputs.requests]
+    embedder = None
     if cfg.augment.n_similar:
-        from ftedit.similarity import nearest_facts
-
-        embedder = resolve_model_path(cfg.augment.embedding_model, cfg.model.cache_dir)
-        similar = nearest_facts([r.prompt for r in inputs.requests], [f.prompt for f in pool], cfg.augment.n_similar, str(embedder))
-    return Augmentation(prefixes, pool, similar, exclusions)
+        embedder = str(resolve_model_path(cfg.augment.embedding_model, cfg.model.cache_dir))
+    return Augmentation(prefixes, pool, forbidden, embedder)
 
 
 def training_dataset(cfg: RunConfig, inputs: Inputs, augmentation: Augmentation):
@@ -127,8 +119,8 @@ def training_dataset(cfg: RunConfig, inputs: Inputs, augmentation: Augmentation)
 
     init_ray(cfg)
     dataset = build_training_dataset(
-        cfg, inputs.requests, augmentation.prefixes, augmentation.pool, augmentation.similar,
-        augmentation.exclusions.eval_prompts, str(inputs.model_path),
+        cfg, inputs.source.dataset, augmentation.prefixes, augmentation.pool,
+        augmentation.forbidden_prompts, str(inputs.model_path), augmentation.embedder_path,
     )
     counts = example_counts(dataset)
     log.info("training examples: %s", counts)
@@ -150,8 +142,8 @@ def plan_run(cfg: RunConfig) -> dict:
     _, counts = training_dataset(cfg, inputs, augmentation)
     steps = optimizer_steps(counts["examples"], cfg.train)
     return {
-        "n_edits": len(inputs.requests),
-        "skipped": [str(e) for e in inputs.loaded.skipped],
+        "n_edits": inputs.source.n_requests,
+        "skipped": [str(e) for e in inputs.source.skipped],
         "metric_kind": inputs.kind,
         "fact_pool": len(augmentation.pool),
         "prefixes": len(augmentation.prefixes),
@@ -173,7 +165,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
 
     # 1. Inputs, all validated before anything is written or trained.
     inputs = load_inputs(cfg)
-    requests, kind = inputs.requests, inputs.kind
+    source, kind = inputs.source, inputs.kind
     if out_dir.exists() and not cfg.output.overwrite:
         raise InputError(f"output.dir {out_dir} exists; pick another or set output.overwrite=true")
 
@@ -185,7 +177,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     staging.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, staging / "config.yaml")
 
-    # 2. Augmentation inputs: excluded facts, model-generated prefixes, similar facts.
+    # 2. Augmentation inputs: excluded pool facts and prompts, model-generated prefixes.
     model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
     augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
     write_json(staging / "prefixes.json", augmentation.prefixes)
@@ -193,19 +185,19 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     check_packing(model, pad_token_id(tokenizer))  # fail before any work if packed rows would mix
     del model
 
-    # 3. Augment + tokenize on Ray Data.
+    # 3. Similar facts, augment, tokenize: on Ray Data.
     dataset, counts = training_dataset(cfg, inputs, augmentation)
 
     # 4. The unedited model, scored by the same code (on Ray Data model actors) as the edited one.
     log.info("evaluating the unedited model")
-    before = evaluate_on_cluster(cfg, inputs.model_path, requests, kind)
+    before = evaluate_on_cluster(cfg, inputs.model_path, source.dataset, kind)
 
     # 5. Train on Ray Train + DeepSpeed.
     from ftedit.train import fit
 
     checkpoint, train_metrics = fit(
         cfg, inputs.model_path, dataset, counts["examples"], staging / "ray",
-        probe=requests[: cfg.eval.probe_edits], metric_kind=kind, callbacks=train_callbacks,
+        probe=source.head(cfg.eval.probe_edits), metric_kind=kind, callbacks=train_callbacks,
     )
     trained_dir = staging / ("adapter" if cfg.train.tuning == "lora" else "trained_layers")
     shutil.rmtree(trained_dir, ignore_errors=True)  # from an interrupted attempt
@@ -219,23 +211,24 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
         tokenizer.save_pretrained(staging / "model")
         del edited
     log.info("evaluating the edited model")
-    after = evaluate_on_cluster(cfg, inputs.model_path, requests, kind, trained_dir=trained_dir, reference=before)
+    reference = before.rename_columns({"scores": "before", "locality": "reference"})
+    after = evaluate_on_cluster(cfg, inputs.model_path, reference, kind, trained_dir=trained_dir)
+    before_summary, after_summary = write_per_edit(staging / "per_edit.jsonl", scored_rows(after), kind)
 
     # 7. Report, then make the run directory visible under its real name.
     summary = {
-        "n_edits": len(requests),
+        "n_edits": source.n_requests,
         "wall_seconds": time.perf_counter() - started,
-        "before": before.summary,
-        "after": after.summary,
+        "before": before_summary,
+        "after": after_summary,
         "metric_kind": kind,
-        "data_format": inputs.loaded.format,
+        "data_format": source.format,
         "model": cfg.model.path,
         "requests": cfg.data.requests,
         "examples": counts,
         "train": train_metrics,
-        "skipped": [str(e) for e in inputs.loaded.skipped],
+        "skipped": [str(e) for e in source.skipped],
     }
-    write_per_edit(staging / "per_edit.jsonl", requests, before.records, after.records)
     (staging / "report.md").write_text(render_markdown(summary))
     write_json(staging / "summary.json", summary)
     if out_dir.exists():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
+from ftedit.metrics import MetricTotals
 from ftedit.requests import EditRequest
 
 # Rows of the before/after table, in order; keys absent from a metric family are skipped.
@@ -29,9 +31,14 @@ def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def write_per_edit(path: Path, requests: list[EditRequest], before: list[dict], after: list[dict]) -> None:
+def write_per_edit(path: Path, rows: Iterable[tuple[EditRequest, dict, dict]], kind: str) -> tuple[dict, dict]:
+    """Write one JSON line per (request, before metrics, after metrics) as the rows stream past,
+    and return the before and after summaries (metrics.summarize over the same records)."""
+    before_totals, after_totals = MetricTotals(kind), MetricTotals(kind)
     with path.open("w") as f:
-        for request, b, a in zip(requests, before, after):
+        for request, b, a in rows:
+            before_totals.add(b)
+            after_totals.add(a)
             row = {
                 "case_id": request.case_id,
                 "prompt": request.prompt,
@@ -41,6 +48,7 @@ def write_per_edit(path: Path, requests: list[EditRequest], before: list[dict], 
                 "after": {k: v for k, v in a.items() if k != "case_id"},
             }
             f.write(json.dumps(row) + "\n")
+    return before_totals.summary(), after_totals.summary()
 
 
 def _fmt(value) -> str:

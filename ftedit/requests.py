@@ -7,11 +7,14 @@ every error names the file, record, case id and field.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
-from collections import ChainMap
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 FORMATS = ("counterfact", "zsre", "mquake", "jsonl")
 ZSRE_TARGETS = ("alt", "answers")
@@ -285,8 +288,8 @@ def detect_format(path, first_record) -> str:
                        f"cannot detect the format from {found}; pass format= one of {FORMATS}")
 
 
-def _open(path, format: str, limit: int | None, zsre_target: str, offset: int = 0) -> tuple[str, str, list]:
-    """Check the arguments, read the raw records, resolve the format: (format, file, records)."""
+def check_arguments(format: str, limit: int | None, zsre_target: str, offset: int) -> None:
+    """Reject impossible reader arguments (a ValueError naming the argument)."""
     if format != "auto" and format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {FORMATS}")
     if zsre_target not in ZSRE_TARGETS:
@@ -295,6 +298,11 @@ def _open(path, format: str, limit: int | None, zsre_target: str, offset: int = 
         raise ValueError(f"limit must be None or a non-negative integer, got {limit!r}")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+
+
+def _open(path, format: str, limit: int | None, zsre_target: str, offset: int = 0) -> tuple[str, str, list]:
+    """Check the arguments, read the raw records, resolve the format: (format, file, records)."""
+    check_arguments(format, limit, zsre_target, offset)
     path = Path(path)
     records = _read_records(path, limit, offset)
     if format == "auto":
@@ -316,49 +324,141 @@ def _parse_one(format: str, file: str, index: int, record: Any, zsre_target: str
         return exc
 
 
-def _cross_check(requests, index, file, seen_ids, seen_prompts) -> RequestError | None:
-    """Check one record's requests against earlier ones; remember them only if all pass."""
-    # ChainMap: new entries land in the front map, so a failing record leaves no trace,
-    # while an MQuAKE record's rewrites are still checked against each other.
-    ids, prompts = ChainMap({}, seen_ids), ChainMap({}, seen_prompts)
-    for r in requests:
-        if r.case_id in ids:
-            return RequestError(file, index, r.case_id, "case_id", f"duplicate of record {ids[r.case_id]}")
-        key = r.prompt.strip()
-        if key in prompts and prompts[key][2].strip() != r.target_new.strip():
-            first_index, first_id, first_target = prompts[key]
-            return RequestError(file, index, r.case_id, "target_new",
-                                f"{r.target_new!r} conflicts with record {first_index} (case_id {first_id}),"
-                                f" which edits the same prompt to {first_target!r}")
-        ids[r.case_id] = index
-        prompts.setdefault(key, (index, r.case_id, r.target_new))
-    seen_ids.update(ids.maps[0])
-    seen_prompts.update(prompts.maps[0])
-    return None
+def text_key(text: str) -> int:
+    """A stable 63-bit digest of a string (fits a signed int64 column); equal text, equal key.
+
+    The checks that span many requests compare these keys, 8 bytes each, instead of the texts.
+    """
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def request_keys(request: EditRequest) -> tuple[int, int, int]:
+    """(case id, prompt, target) keys of a request for `cross_record_conflicts`."""
+    return text_key(request.case_id), text_key(request.prompt.strip()), text_key(request.target_new.strip())
+
+
+def cross_record_conflicts(record: np.ndarray, case_id: np.ndarray, prompt: np.ndarray,
+                           target: np.ndarray) -> dict[int, tuple[int, int, str]]:
+    """Records that clash with an earlier record: {record: (row, earlier row, field)}.
+
+    One row per request, in file order; `record` is the row's record position (an MQuAKE record
+    has several rows), the other arrays are `request_keys`. Rules, in this order:
+      1. a case id seen in an earlier row -> field `case_id`;
+      2. among the rows left, a prompt an earlier row edits to another target -> `target_new`.
+    A clash rejects the whole record (its first clashing row is reported), and rows of rejected
+    records are not checked further. Records that failed their own checks must not be passed in:
+    they never block a later record. Vectorized: 32 bytes per request, whatever the request holds.
+    """
+    rejected: dict[int, tuple[int, int, str]] = {}
+
+    def reject(rows: np.ndarray, firsts: np.ndarray, field: str) -> None:
+        for row, first in zip(rows.tolist(), firsts.tolist()):
+            key = int(record[row])
+            if key not in rejected or row < rejected[key][0]:
+                rejected[key] = (row, first, field)
+
+    def later_rows(rows: np.ndarray, key: np.ndarray):
+        """Rows of `rows` whose key already appeared in an earlier row, with that first row."""
+        order = rows[np.lexsort((rows, key[rows]))]  # by key, then file order
+        sorted_keys = key[order]
+        starts = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]] if len(order) else np.zeros(0, bool)
+        first = order[np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))] if len(order) else order
+        return order, first, ~starts
+
+    rows = np.arange(len(record))
+    order, first, repeated = later_rows(rows, case_id)
+    reject(order[repeated], first[repeated], "case_id")
+    alive = rows[~np.isin(record, np.fromiter(rejected, dtype=np.int64, count=len(rejected)))]
+    order, first, _ = later_rows(alive, prompt)
+    clash = target[order] != target[first]
+    reject(order[clash], first[clash], "target_new")
+    return rejected
+
+
+def _conflict_error(file, index, request: EditRequest, field: str, first_file, first_index, first: EditRequest) -> RequestError:
+    where = f"record {first_index}" if str(first_file) == str(file) else f"record {first_index} of {first_file}"
+    if field == "case_id":
+        return RequestError(file, index, request.case_id, "case_id", f"duplicate of {where}")
+    return RequestError(file, index, request.case_id, "target_new",
+                        f"{request.target_new!r} conflicts with {where} (case_id {first.case_id}),"
+                        f" which edits the same prompt to {first.target_new!r}")
+
+
+def _record_count(path: Path) -> int:
+    return len(_read_records(path, None))
+
+
+def check_same_format(formats: dict[str, str], fmt: str, file: str) -> None:
+    """Files of one run share one format (it decides the metrics); `formats`: format -> first file."""
+    formats.setdefault(fmt, file)
+    if len(formats) > 1:
+        first_fmt, first_file = next(iter(formats.items()))
+        raise RequestError(file, "-", None, "(format)",
+                           f"holds {fmt} records but {first_file} holds {first_fmt}; one run reads one format")
+
+
+def request_paths(spec) -> list[Path]:
+    """The files a `requests` setting names: a path, a glob (`edits/*.jsonl`), or a list of them.
+
+    Globs expand in sorted order; a pattern that matches nothing is an error naming it.
+    """
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    paths: list[Path] = []
+    for item in specs:
+        text = str(item)
+        if glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise RequestError(text, "-", None, "(file)", "no file matches this pattern")
+            paths += [Path(m) for m in matches]
+        else:
+            paths.append(Path(text))
+    return paths
 
 
 def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_invalid=False, offset=0) -> LoadResult:
-    """Load and validate edit requests (format: 'auto' or one of FORMATS).
+    """Load and validate edit requests in memory (format: 'auto' or one of FORMATS).
 
-    `limit` reads only N records (MQuAKE: records, not rewrites), after skipping the first
-    `offset` (a disjoint split of one file: a sweep's validation edits). zsRE edits toward
+    `path` is a file, a glob or a list of them (`request_paths`); records are numbered in file
+    order across the files. `limit` reads only N records (MQuAKE: records, not rewrites), after
+    skipping the first `offset` (a disjoint split: a sweep's validation edits). zsRE edits toward
     `alt`, or toward `answers[0]` with zsre_target="answers". The first error in file order is
     raised, unless skip_invalid drops bad records and collects their errors in `skipped`.
+    The mass-edit job reads the same way, streaming, with `request_dataset.open_requests`.
     """
-    fmt, file, records = _open(path, format, limit, zsre_target, offset)
+    check_arguments(format, limit, zsre_target, offset)
+    fmt, formats, parsed = "jsonl", {}, []  # parsed: (file, index, requests or RequestError)
+    for file_path in request_paths(path):
+        if limit is not None and limit <= 0:
+            break
+        fmt, file, records = _open(file_path, format, limit, zsre_target, offset)
+        offset = max(0, offset - _record_count(file_path)) if not records else 0
+        if limit is not None:
+            limit -= len(records)
+        if records:
+            check_same_format(formats, fmt, file)
+        parsed += [(file, index, _parse_one(fmt, file, index, record, zsre_target)) for index, record in records]
+
+    # Cross-record checks over the requests of records that passed their own.
+    rows = [(position, r) for position, (_, _, outcome) in enumerate(parsed)
+            if not isinstance(outcome, RequestError) for r in outcome]
+    keys = np.array([request_keys(r) for _, r in rows], dtype=np.int64).reshape(-1, 3)
+    clashes = cross_record_conflicts(np.array([p for p, _ in rows], dtype=np.int64), keys[:, 0], keys[:, 1], keys[:, 2])
+    for position, (row, first_row, field) in clashes.items():
+        file, index, _ = parsed[position]
+        first_position, first = rows[first_row]
+        first_file, first_index, _ = parsed[first_position]
+        parsed[position] = (file, index, _conflict_error(file, index, rows[row][1], field, first_file, first_index, first))
+
     requests, skipped = [], []
-    seen_ids: dict[str, int] = {}
-    seen_prompts: dict[str, tuple[int, str, str]] = {}
-    for index, record in records:
-        outcome = _parse_one(fmt, file, index, record, zsre_target)
-        error = outcome if isinstance(outcome, RequestError) else \
-            _cross_check(outcome, index, file, seen_ids, seen_prompts)
-        if error is not None:
+    for _, _, outcome in parsed:
+        if isinstance(outcome, RequestError):
             if not skip_invalid:
-                raise error
-            skipped.append(error)
-            continue
-        requests.extend(outcome)
+                raise outcome
+            skipped.append(outcome)
+        else:
+            requests.extend(outcome)
     return LoadResult(requests, skipped, fmt)
 
 

@@ -2,10 +2,11 @@
 
 Each actor loads the model once (the unedited base, or the base with the trained weights merged
 in), on a GPU when it is given one, and runs `evaluate` (the same function the train loop's probe
-uses) on batches of requests. Only per-request records travel back to the driver, plus each
-request's locality scores from the unedited model, which the edited model's evaluation needs
-for EasyEdit locality. `eval.actors` replicas score in parallel; the driver never loads the
-model for scoring.
+uses) on batches of requests. Each request's row gains its metrics and the scores of its
+locality probes, which the edited model's evaluation needs for EasyEdit locality. The results
+stay on the cluster as a Dataset; the driver streams through them once, to write the per-edit
+results and sum up the metrics. `eval.actors` replicas score in parallel; the driver never
+loads the model for scoring.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from ftedit.config import RunConfig
 from ftedit.evaluate import Evaluation, evaluate, locality_probes
-from ftedit.metrics import ProbeScore, summarize
+from ftedit.metrics import ProbeScore
 from ftedit.requests import EditRequest
 
 log = logging.getLogger(__name__)
@@ -66,43 +67,44 @@ class EvaluateRequests:
             reference = Evaluation(records=[], summary={}, scores=scores)
         result = evaluate(self.model, self.tokenizer, requests, self.kind, self.settings, reference=reference)
         locality = [_encode_scores({p: result.scores[p] for p in locality_probes(r)}) for r in requests]
+        kept = {k: v for k, v in batch.items() if k not in ("reference", "scores", "locality")}
         return {
-            "index": batch["index"],
-            "record": np.array([json.dumps(record) for record in result.records], dtype=object),
+            **kept,
+            "scores": np.array([json.dumps(record) for record in result.records], dtype=object),
             "locality": np.array(locality, dtype=object),
         }
 
 
-def evaluate_on_cluster(cfg: RunConfig, model_path, requests: list[EditRequest], kind: str,
-                        trained_dir=None, reference: Evaluation | None = None) -> Evaluation:
-    """Evaluate `requests` on the base model (or base + `trained_dir`) with `eval.actors` replicas.
+def evaluate_on_cluster(cfg: RunConfig, model_path, requests, kind: str, trained_dir=None):
+    """Score a Ray Dataset of requests on the base model (or base + `trained_dir`) with
+    `eval.actors` replicas; returns it materialized, with each request's metrics as JSON in
+    `scores` and its locality probes' scores in `locality`.
 
-    The returned Evaluation keeps only the locality probes' scores: what a later evaluation
-    needs as its `reference`.
+    The edited model's evaluation takes the unedited one's output with `locality` renamed
+    `reference` (EasyEdit locality compares the two models' top-1 tokens) and `scores` renamed
+    `before` (carried through, for the per-edit results).
     """
-    import ray
     from ray.data import ActorPoolStrategy
 
     from ftedit.config import to_dict
 
     started = time.perf_counter()
     settings = cfg.eval
-    rows = [{"index": i, "request": json.dumps(r.to_dict())} for i, r in enumerate(requests)]
-    if reference is not None:
-        for row, r in zip(rows, requests):
-            row["reference"] = _encode_scores({p: reference.scores[p] for p in locality_probes(r)})
-    dataset = ray.data.from_items(rows).map_batches(
+    scored = requests.map_batches(
         EvaluateRequests,
         fn_constructor_args=(str(model_path), None if trained_dir is None else str(trained_dir), to_dict(cfg), kind),
         batch_size=settings.requests_per_batch,
         compute=ActorPoolStrategy(size=settings.actors),
         num_cpus=settings.cpus_per_actor,
         num_gpus=settings.gpus_per_actor or None,
-    )
-    records: list = [None] * len(requests)
-    scores: dict = {}
-    for row in dataset.iter_rows():  # one small row per request
-        records[int(row["index"])] = json.loads(row["record"])
-        scores.update(_decode_scores(row["locality"]))
-    log.info("evaluated %d requests on %d actor(s) in %.0f s", len(records), settings.actors, time.perf_counter() - started)
-    return Evaluation(records=records, summary=summarize(records, kind), scores=scores)
+    ).materialize()
+    log.info("evaluated the requests on %d actor(s) in %.0f s", settings.actors, time.perf_counter() - started)
+    return scored
+
+
+def scored_rows(scored):
+    """(request, before metrics, after metrics) per request of an edited model's evaluation, in
+    order, streamed in batches (the driver holds one batch at a time)."""
+    for batch in scored.iter_batches(batch_size=1024, batch_format="numpy"):
+        for request, before, after in zip(batch["request"], batch["before"], batch["scores"]):
+            yield EditRequest.from_dict(json.loads(request)), json.loads(before), json.loads(after)

@@ -7,8 +7,10 @@ hundreds of thousands of facts never needs a full similarity matrix in memory.
 
 from __future__ import annotations
 
+import json
 import logging
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -42,3 +44,25 @@ def nearest_facts(queries: list[str], pool_prompts: list[str], k: int, embedder_
         sims = embed(queries[start : start + 1024], model, tokenizer) @ pool.T
         neighbours += sims.topk(min(k, len(pool_prompts)), dim=-1).indices.tolist()
     return neighbours
+
+
+class SimilarFacts:
+    """Ray Data stage: adds `similar` to request rows, the JSON list of the `k` pool facts
+    nearest to each request's prompt (best first). The pool is embedded once per actor."""
+
+    def __init__(self, embedder_path: str, pool_prompts: list[str], k: int):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(embedder_path)
+        self.model = AutoModel.from_pretrained(embedder_path).eval()
+        log.info("embedding %d pool facts for similar-fact augmentation", len(pool_prompts))
+        self.pool = embed(pool_prompts, self.model, self.tokenizer)
+        self.k = min(k, len(pool_prompts))
+
+    def __call__(self, batch: dict) -> dict:
+        prompts = [json.loads(text)["prompt"] for text in batch["request"]]
+        if self.k == 0:
+            nearest = [[] for _ in prompts]
+        else:
+            nearest = (embed(prompts, self.model, self.tokenizer) @ self.pool.T).topk(self.k, dim=-1).indices.tolist()
+        return {**batch, "similar": np.array([json.dumps(row) for row in nearest], dtype=object)}

@@ -142,10 +142,13 @@ def _check_base_in_space(base: dict, sweep: SweepConfig) -> None:
 
 def _check_disjoint(base: RunConfig, sweep: SweepConfig) -> None:
     """Never tune on the reported edits: the two splits must share no case id."""
-    from ftedit.pipeline import load_edit_requests
+    from ftedit.requests import load_requests
 
-    reported = load_edit_requests(base.data).requests
-    validation = load_edit_requests(validation_data(base.data, sweep)).requests
+    def load(data):
+        return load_requests(data.requests, data.format, data.limit, data.zsre_target, data.on_invalid == "skip",
+                             offset=data.offset).requests
+
+    reported, validation = load(base.data), load(validation_data(base.data, sweep))
     shared = {r.case_id for r in reported} & {r.case_id for r in validation}
     _require(not shared, "sweep.validation_offset",
              f"validation and reported edits overlap in {len(shared)} case ids (e.g. {sorted(shared)[:3]}); "

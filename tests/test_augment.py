@@ -1,4 +1,13 @@
-from ftedit.augment import Exclusions, augment_request, filter_fact_pool, generate_prefixes, normalize, with_prefix
+from ftedit.augment import (
+    DigestSet,
+    PoolIndex,
+    augment_request,
+    filter_fact_pool,
+    generate_prefixes,
+    never_train_on,
+    normalize,
+    with_prefix,
+)
 from ftedit.config import AugmentConfig
 from ftedit.requests import EditRequest, Fact, load_fact_pool, load_requests
 
@@ -32,27 +41,41 @@ POOL = [
 
 
 def test_pool_facts_that_are_evaluation_prompts_or_about_edited_subjects_are_dropped():
-    kept = filter_fact_pool(POOL, Exclusions.of([EDIT, OTHER]))
+    kept = filter_fact_pool(POOL, [EDIT, OTHER])
     assert [f.prompt for f in kept] == ["The capital of Spain is", "The capital of Italy is"]
+    # Asked batch by batch (as the Ray Data stage does), the facts to drop are the same.
+    index = PoolIndex(POOL)
+    assert index.facts_to_drop([EDIT]) | index.facts_to_drop([OTHER]) == index.facts_to_drop([EDIT, OTHER]) == {1, 2, 3, 4, 5}
+    # A short subject is not searched inside prompts ("Rome" is in no prompt as a subject here).
+    assert PoolIndex(POOL).facts_to_drop([EditRequest("3", "US is in", "US", "Asia")]) == set()
+
+
+def test_digest_set_membership():
+    texts = [f"prompt {i}" for i in range(1000)]
+    digests = DigestSet.of(texts + texts[:10])
+    assert len(digests) == 1000
+    assert all(t in digests for t in texts) and "prompt 1000" not in digests and "" not in digests
+    assert "x" not in DigestSet()
 
 
 def test_no_evaluation_prompt_of_any_edit_is_ever_trained_on(shared_data):
     """Real data: 200 CounterFact edits with the real pool; no training prompt is an eval prompt."""
     requests = load_requests(shared_data / "counterfact" / "counterfact-edit.json", limit=200).requests
-    exclusions = Exclusions.of(requests)
-    pool = filter_fact_pool(load_fact_pool(shared_data / "counterfact" / "counterfact-train.json"), exclusions)
+    forbidden = never_train_on(requests)
+    eval_prompts = {normalize(p) for r in requests for p in r.eval_prompts()}
+    pool = filter_fact_pool(load_fact_pool(shared_data / "counterfact" / "counterfact-train.json"), requests)
     # Add every eval prompt to the pool on purpose: the filter must catch them all.
     planted = [Fact(p, "x", "planted") for r in requests for p in r.eval_prompts()]
-    pool = filter_fact_pool(pool + planted, exclusions)
+    pool = filter_fact_pool(pool + planted, requests)
     cfg = AugmentConfig(n_paraphrase=3, prefix_bank=5, n_random=20)
     prefixes = ["I", "The", "You", "Because", "Therefore"]
     trained = set()
     for r in requests:
-        trained |= {normalize(e["prompt"]) for e in augment_request(r, prefixes, pool, [], cfg, 0, exclusions.eval_prompts)}
-    assert trained and not (trained & exclusions.eval_prompts)
+        trained |= {normalize(e["prompt"]) for e in augment_request(r, prefixes, pool, [], cfg, 0, forbidden)}
+    assert trained and not (trained & eval_prompts)
     subjects = {normalize(r.subject) for r in requests}
     for r in requests:
-        for e in augment_request(r, prefixes, pool, [], cfg, 0, exclusions.eval_prompts):
+        for e in augment_request(r, prefixes, pool, [], cfg, 0, forbidden):
             if e["kind"] == "random":
                 assert not any(s in normalize(e["prompt"]) for s in subjects if len(s) >= 4)
 
@@ -61,7 +84,7 @@ def test_augmented_prompts_equal_to_an_eval_prompt_are_not_trained():
     # This request's paraphrase is exactly what prefix "I" would make of its prompt.
     request = EditRequest("9", "speaking", "speaking", "x", paraphrases=(with_prefix("I", "speaking"),))
     cfg = AugmentConfig(n_paraphrase=1, prefix_bank=1, n_random=0)
-    forbidden = Exclusions.of([request]).eval_prompts
+    forbidden = never_train_on([request])
     examples = augment_request(request, ["I"], [], [], cfg, 0, forbidden)
     assert [e["kind"] for e in examples] == ["edit"]  # the prefixed copy is an eval prompt: dropped
     assert len(augment_request(request, ["I"], [], [], cfg, 0)) == 2  # without the exclusion it would be trained

@@ -83,12 +83,11 @@ def test_easyedit_locality_compares_with_the_reference(model_and_tokenizer, tiny
 
 
 def test_metric_kind():
-    no_true = [EditRequest("z", "Who made X?", "X", "Y")]
-    assert metric_kind(REQUESTS, "jsonl", "auto") == "counterfact"
-    assert metric_kind(REQUESTS, "zsre", "auto") == "zsre"
-    assert metric_kind(no_true, "jsonl", "auto") == "zsre"
-    with pytest.raises(ValueError, match="target_true"):
-        metric_kind(no_true, "jsonl", "counterfact")
+    assert metric_kind("jsonl", "auto") == "counterfact"
+    assert metric_kind("zsre", "auto") == "zsre"
+    assert metric_kind("jsonl", "auto", missing_true=["z"]) == "zsre"
+    with pytest.raises(ValueError, match="target_true; missing for case_id \\['z'\\]"):
+        metric_kind("jsonl", "counterfact", missing_true=["z"])
 
 
 def test_fluency_generates_greedily_from_each_edit_and_scores_entropy(model_and_tokenizer):

@@ -110,12 +110,16 @@ def test_a_run_that_fails_midway_leaves_nothing_that_looks_complete(tmp_path, mo
     def crash(*args, **kwargs):
         raise RuntimeError("worker node lost")
 
-    monkeypatch.setattr(ftedit.pipeline, "init_ray", lambda cfg: None)
+    import ray
+
     monkeypatch.setattr(ftedit.dataset, "build_training_dataset", crash)
     cfg = load_config(REPO / "configs" / "smoke.yaml", [f"output.dir={tmp_path / 'run'}", "data.limit=2"])
     monkeypatch.chdir(REPO)
-    with pytest.raises(RuntimeError, match="worker node lost"):
-        ftedit.pipeline.run_mass_edit(cfg)
+    try:
+        with pytest.raises(RuntimeError, match="worker node lost"):
+            ftedit.pipeline.run_mass_edit(cfg)
+    finally:
+        ray.shutdown()
     assert not (tmp_path / "run").exists()
     staged = tmp_path / "run.incomplete"
     assert staged.is_dir() and not (staged / "summary.json").exists()

@@ -5,8 +5,10 @@ import pytest
 from ftedit.config import RunConfig, from_dict
 from ftedit.evaluate import evaluate
 from ftedit.model import load_causal_lm, load_edited, prepare_trainable, save_trained
+from ftedit.report import write_per_edit
+from ftedit.request_dataset import open_requests
 from ftedit.requests import load_requests
-from ftedit.scoring import evaluate_on_cluster
+from ftedit.scoring import evaluate_on_cluster, scored_rows
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(600)
@@ -18,7 +20,8 @@ def test_actor_pool_scores_match_the_in_process_evaluation(tiny_model, tmp_path)
 
     requests = load_requests(REPO / "data" / "sample_edits.jsonl", limit=6).requests
     # 2 actors, 2 requests per batch: the requests are split over batches and replicas.
-    cfg = from_dict(RunConfig, {"eval": {"actors": 2, "requests_per_batch": 2, "batch_size": 8,
+    cfg = from_dict(RunConfig, {"data": {"requests": str(REPO / "data" / "sample_edits.jsonl"), "limit": 6},
+                                "eval": {"actors": 2, "requests_per_batch": 2, "batch_size": 8,
                                          "torch_threads": 1, "cpus_per_actor": 0.5}})
     # An "edited" model: a LoRA adapter with random (non-zero) weights, saved as training saves it.
     model, tokenizer = load_causal_lm(tiny_model)
@@ -36,16 +39,24 @@ def test_actor_pool_scores_match_the_in_process_evaluation(tiny_model, tmp_path)
 
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        before_cluster = evaluate_on_cluster(cfg, tiny_model, requests, "counterfact")
-        after_cluster = evaluate_on_cluster(cfg, tiny_model, requests, "counterfact",
-                                            trained_dir=tmp_path / "adapter", reference=before_cluster)
+        source = open_requests(cfg.data)  # the requests as the job reads them: a Ray Dataset
+        before_cluster = evaluate_on_cluster(cfg, tiny_model, source.dataset, "counterfact")
+        reference = before_cluster.rename_columns({"scores": "before", "locality": "reference"})
+        after_cluster = evaluate_on_cluster(cfg, tiny_model, reference, "counterfact", trained_dir=tmp_path / "adapter")
+        rows = list(scored_rows(after_cluster))
+        summaries = write_per_edit(tmp_path / "per_edit.jsonl", rows, "counterfact")
     finally:
         ray.shutdown()
-    assert [r["case_id"] for r in after_cluster.records] == [r.case_id for r in requests]
-    for ours, theirs in ((before_cluster, before), (after_cluster, after)):
+    assert [request for request, _, _ in rows] == requests  # every request once, in file order
+    for (_, *ours), theirs in zip(rows, zip(before.records, after.records)):
+        for our, their in zip(ours, theirs):  # before, after
+            assert our.keys() == their.keys() and our["case_id"] == their["case_id"]
+            assert all(our[k] == pytest.approx(their[k], abs=1e-5) for k in our if k != "case_id")
+    for ours, theirs in zip(summaries, (before, after)):
         for key, value in theirs.summary.items():
-            assert ours.summary[key] == pytest.approx(value, abs=1e-4), key
+            assert ours[key] == pytest.approx(value, abs=1e-4), key
+    assert len((tmp_path / "per_edit.jsonl").read_text().splitlines()) == len(requests)
     # The edit moved the scores (the comparison is not between two identical models) and EasyEdit
     # locality, which needs the unedited model's tokens, came through the actors.
     assert after.summary["em"] != pytest.approx(before.summary["em"], abs=1e-3)
-    assert after_cluster.summary["easyedit_locality"] == pytest.approx(after.summary["easyedit_locality"], abs=1e-6)
+    assert summaries[1]["easyedit_locality"] == pytest.approx(after.summary["easyedit_locality"], abs=1e-6)
