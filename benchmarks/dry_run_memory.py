@@ -70,8 +70,8 @@ def render_table(result: dict) -> str:
     growth = result["runs"][-1]["peak_rss_mb"] - result["runs"][0]["peak_rss_mb"]
     verdict = "met" if growth < 100 else "missed"
     rows += ["", f"Growth of the driver's peak RSS from {result['runs'][0]['n_edits']:,} to "
-                 f"{result['runs'][-1]['n_edits']:,} requests: **{growth:.0f} MB** (bar < 100 MB: {verdict}). "
-                 f"Config `{result['config']}`, {result['date']}, {result['machine']}."]
+                 f"{result['runs'][-1]['n_edits']:,} requests: **{growth:+.0f} MB** (bar < 100 MB: {verdict}). "
+                 f"Config `{' '.join([result['config'], *result['overrides']])}`, {result['date']}, {result['machine']}."]
     return "\n".join(rows)
 
 

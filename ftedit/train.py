@@ -90,6 +90,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
+    from transformers.integrations import HfDeepSpeedConfig
 
     from ftedit.checkpoint import report_final, report_finished_again, report_resumable, restore
     from ftedit.model import load_causal_lm, pad_token_id, prepare_trainable, trainable_parameters
@@ -106,7 +107,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
 
+    ds_config = deepspeed_config(train)
+    # ZeRO-3: transformers sees this live config during from_pretrained and builds the model under
+    # deepspeed.zero.Init, each worker holding only its share of the weights: a 70B model never
+    # sits whole in one worker's memory. It must stay alive until the engine exists.
+    zero3_loading = None
+    if train.zero_stage == 3:
+        deepspeed.init_distributed()  # joins Ray Train's process group: zero.Init must see every worker
+        zero3_loading = HfDeepSpeedConfig(ds_config)
     model, tokenizer = load_causal_lm(loop_config["model_path"], cfg.model.dtype)
+    if zero3_loading is not None and rank == 0:
+        loaded_partitioned = all(hasattr(p, "ds_id") for p in model.parameters())
+        log.info("ZeRO-3: every weight built partitioned over %d worker(s) by zero.Init: %s", world, loaded_partitioned)
     model = prepare_trainable(model, train, cfg.lora, cfg.seed)
     params = trainable_parameters(model)
     steps_per_epoch = optimizer_steps(loop_config["n_examples"], train)
@@ -115,13 +127,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(train.schedule, int(train.warmup_ratio * total_steps), total_steps)
     )
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(train)
-    )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    del zero3_loading
     device = engine.device
     pad = pad_token_id(tokenizer)
     if rank == 0:
-        n_trainable = sum(p.numel() for p in params)
+        n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in params)  # ZeRO-3: p holds a share
         log.info(
             "training %s params (%s) on %d worker(s), %d threads each: %d epochs x %d steps, global batch %d",
             f"{n_trainable:,}", train.tuning, world, threads, train.epochs, steps_per_epoch, train.batch_size,

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 from ftedit.checkpoint import PROGRESS_FILE, Progress, restore
 
@@ -43,3 +44,32 @@ def test_no_checkpoint_starts_from_the_beginning(monkeypatch):
 
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
     assert restore(_Engine()) == (Progress(), None)
+
+
+def test_a_restart_after_the_final_checkpoint_reports_it_again_unchanged(tmp_path, monkeypatch):
+    """The driver died while collecting the result: the restarted loop must hand back the same
+    weights and metrics, without training again."""
+    import ray.train
+
+    from ftedit.checkpoint import report_finished_again
+
+    final_dir = tmp_path / "final"
+    final_dir.mkdir()
+    metrics = {"epoch": 4, "train_seconds": 12.5, "train_tokens_per_s": 100.0}
+    (final_dir / PROGRESS_FILE).write_text(json.dumps({**dataclasses.asdict(Progress(epoch=4, finished=True)), "metrics": metrics}))
+    (final_dir / "adapter_model.safetensors").write_bytes(b"weights")
+    reported = []
+
+    def report(metrics, checkpoint=None, checkpoint_dir_name=None):
+        files = None
+        if checkpoint is not None:  # read it now: the reported directory is temporary
+            with checkpoint.as_directory() as directory:
+                files = {p.name: p.read_bytes() for p in sorted(Path(directory).iterdir())}
+        reported.append((metrics, files, checkpoint_dir_name))
+
+    monkeypatch.setattr(ray.train, "report", report)
+    for rank in (0, 1):
+        report_finished_again(ray.train.Checkpoint.from_directory(str(final_dir)), rank)
+    (m0, files, name0), (m1, none, name1) = reported
+    assert m0 == m1 == metrics and name0 == name1 == "final"
+    assert files == {p.name: p.read_bytes() for p in sorted(final_dir.iterdir())} and none is None

@@ -1,8 +1,10 @@
+import json
+
 import numpy as np
 
-from ftedit.dataset import OwnAnswers, augment_batch
 from ftedit.config import AugmentConfig
-from ftedit.requests import Fact
+from ftedit.dataset import OwnAnswers, augment_batch
+from ftedit.requests import EditRequest, Fact
 
 
 def test_locality_facts_get_the_unedited_models_own_greedy_answer(tiny_model):
@@ -21,12 +23,13 @@ def test_locality_facts_get_the_unedited_models_own_greedy_answer(tiny_model):
 
 
 def test_augment_batch_expands_request_rows():
+    requests = [EditRequest("a", "The capital of France is", "France", "Rome"),
+                EditRequest("b", "Apple was founded by Steve", "Apple", "Wozniak")]
+    # Request rows as the request Dataset holds them; `similar` as the SimilarFacts stage adds it.
     batch = {
-        "case_id": np.array(["a", "b"], dtype=object),
-        "prompt": np.array(["The capital of France is", "Apple was founded by Steve"], dtype=object),
-        "subject": np.array(["France", "Apple"], dtype=object),
-        "target_new": np.array(["Rome", "Wozniak"], dtype=object),
-        "similar": np.array([np.array([0]), np.array([], dtype=np.int64)], dtype=object),
+        "position": np.array([0, 1]),
+        "request": np.array([json.dumps(r.to_dict()) for r in requests], dtype=object),
+        "similar": np.array(["[0]", "[]"], dtype=object),
     }
     pool = [Fact("The capital of Spain is", "Madrid", "Spain"), Fact("The capital of Peru is", "Lima", "Peru")]
     cfg = AugmentConfig(n_paraphrase=1, prefix_bank=2, n_random=1, n_similar=1)
@@ -35,6 +38,10 @@ def test_augment_batch_expands_request_rows():
     assert out["prompt"][2] == "The capital of Spain is" and out["target"][2] == "Madrid"
     assert out["prompt"][3] == "The capital of Peru is"  # the similar fact is not drawn again at random
     assert set(out["case_id"]) == {"a", "b"}
+    # Without the similar-facts stage (n_similar 0) the rows have no `similar` column.
+    del batch["similar"]
+    out = augment_batch(batch, ["I see", "You"], pool, AugmentConfig(n_paraphrase=1, prefix_bank=2, n_random=1), 0, frozenset())
+    assert list(out["kind"]) == ["edit", "paraphrase", "random", "edit", "paraphrase", "random"]
 
 
 def test_example_counts_sum_per_kind_and_tokens():

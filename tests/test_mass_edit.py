@@ -137,6 +137,8 @@ def test_zero3_full_finetuning_with_similar_facts_and_own_answers(tmp_path, tiny
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["examples"]["by_kind"] == {"edit": 4, "paraphrase": 12, "random": 12, "similar": 8}
+    # The model was built already partitioned over both workers (what lets a 70B model load).
+    assert "every weight built partitioned over 2 worker(s) by zero.Init: True" in proc.stderr
     assert (out / "trained_layers" / "trained_weights.safetensors").is_file()
     from safetensors.torch import load_file
 

@@ -1,6 +1,10 @@
+import json
+
+import numpy as np
 import pytest
 
-from ftedit.similarity import nearest_facts
+from ftedit.requests import EditRequest
+from ftedit.similarity import SimilarFacts, nearest_facts
 
 POOL = ["The capital of Spain is", "Toyota is a car company from", "The capital of France is", "Apples are"]
 
@@ -14,6 +18,15 @@ def test_an_identical_prompt_is_its_own_nearest_fact(tiny_embedder):
 def test_k_zero_or_empty_pool_gives_no_neighbours(tiny_embedder):
     assert nearest_facts(["x"], POOL, 0, str(tiny_embedder)) == [[]]
     assert nearest_facts(["x"], [], 3, str(tiny_embedder)) == [[]]
+
+
+def test_the_ray_data_stage_adds_the_same_neighbours_to_request_rows(tiny_embedder):
+    prompts = ["The capital of France is", "Toyota is a car company from", "Apples are"]
+    rows = [json.dumps(EditRequest(str(i), p, p.split()[0], "x").to_dict()) for i, p in enumerate(prompts)]
+    batch = {"position": np.arange(3), "request": np.array(rows, dtype=object)}
+    out = SimilarFacts(str(tiny_embedder), POOL, 2)(batch)
+    assert [json.loads(s) for s in out["similar"]] == nearest_facts(prompts, POOL, 2, str(tiny_embedder))
+    assert list(out["position"]) == [0, 1, 2]  # the request columns pass through
 
 
 @pytest.mark.slow
