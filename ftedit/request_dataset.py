@@ -45,6 +45,12 @@ def _position(file_no: int, index: int) -> int:
     return (file_no << 32) | index
 
 
+def _error_text(error: RequestError) -> str:
+    """A RequestError as text for a Dataset column (`RequestError(*json.loads(text))` rebuilds
+    it): Ray keeps only the text of an exception a task raises, so errors travel as data."""
+    return json.dumps([error.file, error.index, error.case_id, error.field, error.message])
+
+
 def _parse_files(batch: dict, format: str, zsre_target: str) -> dict:
     """Ray Data stage: file rows (file_no, file, start, stop) -> one row per request or bad record."""
     columns: dict[str, list] = {name: [] for name in ("record", "request", "error", *_KEY_COLUMNS[2:])}
@@ -65,7 +71,7 @@ def _parse_files(batch: dict, format: str, zsre_target: str) -> dict:
                 keys = (0, 0, 0) if bad else request_keys(item)
                 columns["record"].append(_position(int(file_no), index))
                 columns["request"].append("" if bad else json.dumps(item.to_dict()))
-                columns["error"].append(json.dumps([item.file, item.index, item.case_id, item.field, item.message]) if bad else "")
+                columns["error"].append(_error_text(item) if bad else "")
                 columns["format"].append(fmt)
                 columns["case_id_key"].append(keys[0])
                 columns["prompt_key"].append(keys[1])
@@ -89,9 +95,9 @@ def _count_records(batch: dict) -> dict:
         try:
             counts.append(len(_read_records(Path(str(file)), None)))
             errors.append("")
-        except RequestError as exc:  # Ray keeps only the text of a task's exception: send the parts
+        except RequestError as exc:
             counts.append(0)
-            errors.append(json.dumps([exc.file, exc.index, exc.case_id, exc.field, exc.message]))
+            errors.append(_error_text(exc))
     return {"count": np.array(counts, dtype=np.int64), "error": np.array(errors, dtype=object)}
 
 
@@ -149,8 +155,6 @@ class RequestSource:
     skipped: list[RequestError] = field(default_factory=list)
     missing_true: list[str] = field(default_factory=list)
     """Case ids of (up to 5) requests without target_true: such a run can only report accuracies."""
-    case_id_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    """Sorted keys of the case ids (a sweep checks that its two splits share none)."""
 
     def head(self, n: int) -> list[EditRequest]:
         """The first `n` requests (the train loop's probe)."""
@@ -209,8 +213,7 @@ def open_requests(data: DataConfig) -> RequestSource:
                    for row in _rows_at(dataset, "position", keys["record"][missing[:5]])][:5]
     fmt = next(iter(formats), "jsonl") if data.format == "auto" else data.format
     log.info("read %d edit requests from %d file(s) (%s), %d invalid record(s)", len(kept), len(paths), fmt, len(errors))
-    return RequestSource(dataset, len(kept), fmt, [errors[r] for r in sorted(errors)], missing_ids,
-                         np.unique(keys["case_id_key"][kept]))
+    return RequestSource(dataset, len(kept), fmt, [errors[r] for r in sorted(errors)], missing_ids)
 
 
 def _clash_errors(parsed, clashes: dict, row_records: np.ndarray, paths: list[Path]) -> dict[int, RequestError]:

@@ -33,17 +33,7 @@ def nearest_facts(queries: list[str], pool_prompts: list[str], k: int, embedder_
     """For each query, the indices of the k most similar pool prompts, most similar first."""
     if k == 0 or not queries or not pool_prompts:
         return [[] for _ in queries]
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(embedder_path)
-    model = AutoModel.from_pretrained(embedder_path).eval()
-    log.info("embedding %d edit prompts and %d pool facts for similar-fact augmentation", len(queries), len(pool_prompts))
-    pool = embed(pool_prompts, model, tokenizer)
-    neighbours = []
-    for start in range(0, len(queries), 1024):
-        sims = embed(queries[start : start + 1024], model, tokenizer) @ pool.T
-        neighbours += sims.topk(min(k, len(pool_prompts)), dim=-1).indices.tolist()
-    return neighbours
+    return SimilarFacts(embedder_path, pool_prompts, k).nearest(queries)
 
 
 class SimilarFacts:
@@ -59,10 +49,16 @@ class SimilarFacts:
         self.pool = embed(pool_prompts, self.model, self.tokenizer)
         self.k = min(k, len(pool_prompts))
 
-    def __call__(self, batch: dict) -> dict:
-        prompts = [json.loads(text)["prompt"] for text in batch["request"]]
+    def nearest(self, queries: list[str]) -> list[list[int]]:
+        """Pool indices nearest to each query, best first (queries embedded 1024 at a time)."""
         if self.k == 0:
-            nearest = [[] for _ in prompts]
-        else:
-            nearest = (embed(prompts, self.model, self.tokenizer) @ self.pool.T).topk(self.k, dim=-1).indices.tolist()
+            return [[] for _ in queries]
+        neighbours = []
+        for start in range(0, len(queries), 1024):
+            sims = embed(queries[start : start + 1024], self.model, self.tokenizer) @ self.pool.T
+            neighbours += sims.topk(self.k, dim=-1).indices.tolist()
+        return neighbours
+
+    def __call__(self, batch: dict) -> dict:
+        nearest = self.nearest([json.loads(text)["prompt"] for text in batch["request"]])
         return {**batch, "similar": np.array([json.dumps(row) for row in nearest], dtype=object)}
