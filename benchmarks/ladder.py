@@ -64,6 +64,7 @@ def row(dataset: str, method: str, tuning: str, n_edits: int, side: dict, summar
         "n_edits": n_edits,
         **{k: side[k] for k in ("efficacy", "generalization", "locality", "edit_score")},
         "fluency": side.get("fluency"),
+        "portability": side.get("portability"),  # MQuAKE's multi-hop questions; None elsewhere
         "wall_seconds": summary["wall_seconds"] if edited else None,
         "train_tokens_per_s": train["train_tokens_per_s"] if edited else None,
         "run": run_dir if edited else None,
@@ -82,13 +83,15 @@ def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
 def render_table(rows: list[dict]) -> str:
     fmt = lambda v, spec=".1f": "n/a" if v is None else format(v, spec)  # noqa: E731
     lines = [
-        "| dataset | edits | method | tuning | efficacy | generalization | locality | edit score | fluency | wall (s) | train tokens/s |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| dataset | edits | method | tuning | efficacy | generalization | locality | edit score | fluency "
+        "| portability | wall (s) | train tokens/s |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['dataset']} | {r['n_edits']} | {r['method']} | {r['tuning']} | {fmt(r['efficacy'])} "
             f"| {fmt(r['generalization'])} | {fmt(r['locality'])} | **{fmt(r['edit_score'])}** | {fmt(r['fluency'])} "
+            f"| {fmt(r.get('portability'))} "
             f"| {fmt(r['wall_seconds'], '.0f')} | {fmt(r['train_tokens_per_s'], '.0f')} |"
         )
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from ftedit.metrics import (
     counterfact_record,
     easyedit_locality_record,
     ngram_entropy,
+    portability_record,
     summarize,
 )
 from ftedit.model import pad_token_id
@@ -63,7 +64,16 @@ def probes_of(request: EditRequest, kind: str) -> list[Probe]:
         prompts = (request.prompt, *request.paraphrases, *request.neighbourhood)
         probes += [(p, request.target_new) for p in request.neighbourhood]
         probes += [(p, request.target_true) for p in prompts]
-    return probes + locality_probes(request)
+    return probes + locality_probes(request) + portability_probes(request, kind)
+
+
+def portability_probes(request: EditRequest, kind: str) -> list[Probe]:
+    """Multi-hop questions with the answer the edit should lead to (and, for probability
+    comparisons, the answer before it)."""
+    probes = [(q, request.portability_new) for q in request.portability]
+    if kind == "counterfact" and request.portability_true:
+        probes += [(q, request.portability_true) for q in request.portability]
+    return probes
 
 
 @torch.no_grad()
@@ -126,6 +136,10 @@ def evaluate(
                 [scores[(p, r.target_new)] for p in r.paraphrases],
                 [scores[probe] for probe in locality_probes(r)],
             )
+        if r.portability:
+            new = [scores[(q, r.portability_new)] for q in r.portability]
+            true = [scores[(q, r.portability_true)] for q in r.portability] if kind == "counterfact" and r.portability_true else None
+            values["portability"] = portability_record(new, true)
         values["easyedit_locality"] = easyedit_locality_record(
             [(before[probe], scores[probe]) for probe in locality_probes(r)]
         )

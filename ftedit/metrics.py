@@ -26,6 +26,7 @@ __all__ = [
     "accuracy_record",
     "agreement",
     "easyedit_locality_record",
+    "portability_record",
     "harmonic_mean",
     "ngram_entropy",
     "summarize",
@@ -122,6 +123,20 @@ def accuracy_record(
     }
 
 
+def portability_record(new: Sequence[ProbeScore], true: Optional[Sequence[ProbeScore]] = None) -> Optional[float]:
+    """Share of a record's multi-hop questions answered with the new fact.
+
+    With the pre-edit answer's scores (`true`, one per question) a question counts when the new
+    answer is the more likely one (as ES compares targets); without them, the teacher-forced
+    token accuracy of the new answer (as zsRE's efficacy).
+    """
+    if true is None:
+        return _token_accuracy(new)
+    if len(true) != len(new):
+        raise ValueError(f"{len(new)} new-answer scores but {len(true)} true-answer scores")
+    return _success(list(zip(new, true)), True)
+
+
 def agreement(pre: ProbeScore, post: ProbeScore) -> float:
     """EasyEdit locality for one prompt: fraction of target positions where
     the post-edit argmax token equals the pre-edit argmax token."""
@@ -189,6 +204,9 @@ _COMMON = {
     "zsre": {"efficacy": "efficacy", "generalization": "generalization", "locality": "specificity"},
 }
 
+# Reported beside the edit score, never part of it; summarized where the records carry them.
+_EXTRA = ("easyedit_locality", "portability", "fluency")
+
 
 class MetricTotals:
     """Running sums behind `summarize`: records are added one by one (streamed), never held."""
@@ -197,7 +215,7 @@ class MetricTotals:
         if kind not in _KEYS:
             raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(_KEYS)}")
         self.kind = kind
-        self.keys = list(_KEYS[kind]) + ["easyedit_locality", "fluency"]
+        self.keys = list(_KEYS[kind]) + list(_EXTRA)
         self.sums = dict.fromkeys(self.keys, 0.0)
         self.counts = dict.fromkeys(self.keys, 0)
         self.present: set[str] = set()
@@ -214,7 +232,7 @@ class MetricTotals:
 
     def summary(self) -> dict:
         """As `summarize` describes it."""
-        keys = list(_KEYS[self.kind]) + [k for k in ("easyedit_locality", "fluency") if k in self.present]
+        keys = list(_KEYS[self.kind]) + [k for k in _EXTRA if k in self.present]
         out: dict = {key: 100.0 * self.sums[key] / self.counts[key] if self.counts[key] else None for key in keys}
         for common, src in _COMMON[self.kind].items():
             if common not in out:
@@ -232,6 +250,7 @@ def summarize(records: Sequence[dict], kind: str) -> dict:
     None everywhere); magnitudes em/pm/nm are also x100. Adds the common keys
     efficacy/generalization/locality, ``easyedit_locality`` and ``fluency`` if present (fluency
     x100 too, as MEMIT's generation entropy),
+    ``portability`` where records carry it (x100),
     ``edit_score`` = harmonic mean of the non-None common keys, and ``n_records``.
     """
     totals = MetricTotals(kind)

@@ -23,6 +23,7 @@ TABLE_ROWS = (
     ("pm", "PM: paraphrase, P(new) - P(true)"),
     ("nm", "NM: neighbourhood, P(true) - P(new)"),
     ("specificity", "Specificity (loc accuracy)"),
+    ("portability", "Portability: multi-hop questions answered with the new fact"),
     ("fluency", "Fluency: n-gram entropy of generations (x100)"),
 )
 

@@ -34,6 +34,11 @@ class EditRequest:
     neighbourhood_answer: str | None = None
     attribute_prompts: tuple[str, ...] = ()
     generation_prompts: tuple[str, ...] = ()
+    # Questions whose answer changes only through this edit's consequences (MQuAKE's multi-hop
+    # questions): portability asks whether the edited model answers `portability_new` there.
+    portability: tuple[str, ...] = ()
+    portability_new: str | None = None
+    portability_true: str | None = None
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (tuples become lists); the JSONL format reads it back."""
@@ -51,7 +56,7 @@ class EditRequest:
 
     def eval_prompts(self) -> tuple[str, ...]:
         """Prompts reserved for evaluation; a trainer must never fit on them."""
-        return self.paraphrases + self.neighbourhood + self.attribute_prompts
+        return self.paraphrases + self.neighbourhood + self.attribute_prompts + self.portability
 
 
 @dataclass(frozen=True)
@@ -186,11 +191,17 @@ def _parse_counterfact(f: _Fields, zsre_target: str) -> list[EditRequest]:
 
 
 def _parse_mquake(f: _Fields, zsre_target: str) -> list[EditRequest]:
+    """One request per rewrite. A rewrite's single-hop `question` is its paraphrase; the case's
+    multi-hop `questions` (answered `new_answer` once all its rewrites are in, `answer` before)
+    go with its first rewrite, as portability probes."""
     rewrites = f.data.get("requested_rewrite")
     if not isinstance(rewrites, list):
         raise f.wrong("requested_rewrite", "a list")
     if not rewrites:
         raise f.error("requested_rewrite", "empty list")
+    questions = f.texts("questions")
+    new_answer = f.text("new_answer", required=bool(questions))
+    old_answer = f.text("answer", required=False)
     requests = []
     for i, item in enumerate(rewrites):
         case_id = f"{f.case_id}:{i}"
@@ -198,7 +209,12 @@ def _parse_mquake(f: _Fields, zsre_target: str) -> list[EditRequest]:
         if not isinstance(item, dict):
             raise rw.error("requested_rewrite", f"item {i}: expected an object, got {_kind(item)}")
         prompt, subject, target_new, target_true = _rewrite(rw)
-        requests.append(_checked(rw, EditRequest(case_id, prompt, subject, target_new, target_true)))
+        requests.append(_checked(rw, EditRequest(
+            case_id, prompt, subject, target_new, target_true,
+            paraphrases=_one(rw.text("question", required=False)),
+            portability=questions if i == 0 else (),
+            portability_new=new_answer if i == 0 and questions else None,
+            portability_true=old_answer if i == 0 and questions else None)))
     return requests
 
 
@@ -224,7 +240,10 @@ def _parse_jsonl(f: _Fields, zsre_target: str) -> list[EditRequest]:
         f.case_id, prompt, subject, f.text("target_new"), f.text("target_true", required=False),
         paraphrases=f.texts("paraphrases"), neighbourhood=f.texts("neighbourhood"),
         neighbourhood_answer=f.text("neighbourhood_answer", required=False),
-        attribute_prompts=f.texts("attribute_prompts"), generation_prompts=f.texts("generation_prompts")))]
+        attribute_prompts=f.texts("attribute_prompts"), generation_prompts=f.texts("generation_prompts"),
+        portability=f.texts("portability"),
+        portability_new=f.text("portability_new", required=bool(f.data.get("portability"))),
+        portability_true=f.text("portability_true", required=False)))]
 
 
 _PARSERS = {"counterfact": _parse_counterfact, "zsre": _parse_zsre,

@@ -104,3 +104,20 @@ def test_fluency_generates_greedily_from_each_edit_and_scores_entropy(model_and_
         assert record["fluency"] == pytest.approx(ngram_entropy(alone))
     assert result.summary["fluency"] == pytest.approx(100 * sum(r["fluency"] for r in result.records) / 2)
     assert "fluency" not in evaluate(model, tok, REQUESTS, "counterfact", EvalConfig(batch_size=4)).summary
+
+
+def test_portability_from_multi_hop_questions(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    request = EditRequest("m:0", "Ellie Kemper is a citizen of", "Ellie Kemper", "Croatia", "United States",
+                          portability=("Who is the head of state of the country Ellie Kemper is a citizen of?",
+                                       "Who leads the country of Ellie Kemper's citizenship?"),
+                          portability_new="Kolinda Grabar", portability_true="Donald Trump")
+    plain = EditRequest("p:0", "The capital of France is", "France", "Rome", "Paris")
+    result = evaluate(model, tok, [request, plain], "counterfact", EvalConfig(batch_size=3))
+    wins = [reference_nll(model, tok, q, "Kolinda Grabar") < reference_nll(model, tok, q, "Donald Trump")
+            for q in request.portability]
+    assert result.records[0]["portability"] == pytest.approx(sum(wins) / 2)
+    assert "portability" not in result.records[1]
+    assert result.summary["portability"] == pytest.approx(100 * sum(wins) / 2)
+    zsre = evaluate(model, tok, [request], "zsre", EvalConfig(batch_size=3))
+    assert 0.0 <= zsre.records[0]["portability"] <= 1.0

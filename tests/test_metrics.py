@@ -10,6 +10,7 @@ from ftedit.metrics import (
     counterfact_record,
     easyedit_locality_record,
     harmonic_mean,
+    portability_record,
     summarize,
 )
 
@@ -205,3 +206,22 @@ def test_summarize_averages_fluency_without_scoring_it():
     s = summarize(records, "counterfact")
     assert s["fluency"] == pytest.approx(550.0)  # x100, as MEMIT reports generation entropy
     assert s["edit_score"] == pytest.approx(100.0)
+
+
+def test_portability_compares_answers_or_falls_back_to_token_accuracy():
+    # Three multi-hop questions: the new answer wins the first and the third (ties are failures).
+    new = [S(1.0, (True, False)), S(2.0, (False, False)), S(0.5, (True, True))]
+    true = [S(1.5), S(2.0), S(3.0)]
+    assert portability_record(new, true) == pytest.approx(2 / 3)
+    assert portability_record(new) == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    assert portability_record([]) is None
+    with pytest.raises(ValueError, match="2 true-answer scores"):
+        portability_record(new, true[:2])
+
+
+def test_summarize_reports_portability_only_where_records_carry_it():
+    base = {"es": 1.0, "ps": 1.0, "ns": 0.5, "em": 0.0, "pm": 0.0, "nm": 0.0}
+    s = summarize([{**base, "portability": 1 / 3}, base, {**base, "portability": 0.0}], "counterfact")
+    assert s["portability"] == pytest.approx(100 / 6)  # mean over the two records that have questions
+    assert s["edit_score"] == pytest.approx(harmonic_mean([100.0, 100.0, 50.0]))  # not part of the score
+    assert "portability" not in summarize([base], "counterfact")

@@ -164,9 +164,16 @@ def test_mquake_real_first_record_and_limit_counts_records():
     first = requests[0]
     assert (first.case_id, first.prompt, first.subject) == ("1:0", "Ellie Kemper is a citizen of", "Ellie Kemper")
     assert (first.target_new, first.target_true) == ("Croatia", "United States of America")
-    assert first.eval_prompts() == ()
+    # The rewrite's single-hop question is its paraphrase; the case's multi-hop questions are
+    # portability probes of its first rewrite, and all of them are evaluation prompts.
+    assert first.paraphrases == ("What is the country of citizenship of Ellie Kemper?",)
+    assert first.portability == tuple(records[0]["questions"]) and len(first.portability) == 3
+    assert (first.portability_new, first.portability_true) == ("Kolinda Grabar-Kitarovi\u0107", "Donald Trump")
+    assert first.eval_prompts() == first.paraphrases + first.portability
     second_case = records[1]["case_id"]
     assert [r.case_id for r in requests[1:3]] == [f"{second_case}:0", f"{second_case}:1"]
+    assert requests[1].portability == tuple(records[1]["questions"])
+    assert requests[2].portability == () and requests[2].portability_new is None
 
 
 def test_detect_format_on_real_files():
@@ -224,6 +231,19 @@ def test_jsonl_shape_defaults_and_blank_lines(tmp_path):
                                 ("France's capital is",), ("The capital of Spain is",), "Madrid",
                                 ("Berlin is a",), ("In France,",))
     assert second == EditRequest("1", "Germany's capital is", "Germany", "Bonn")  # index among non-blank lines
+
+
+def test_jsonl_portability_questions_need_their_new_answer(tmp_path):
+    multi_hop = generic(portability=["The head of state of the country whose capital is Rome is"],
+                        portability_new="Mattarella", portability_true="Macron")
+    path = tmp_path / "edits.jsonl"
+    path.write_text(json.dumps(multi_hop) + "\n" + json.dumps({**multi_hop, "portability_new": None}) + "\n")
+    first = load_requests(str(path), limit=1).requests[0]
+    assert (first.portability, first.portability_new, first.portability_true) == (
+        ("The head of state of the country whose capital is Rome is",), "Mattarella", "Macron")
+    with pytest.raises(RequestError) as info:
+        load_requests(str(path))
+    assert_located(info.value, path, 1, "1", "portability_new")
 
 
 def test_detect_format_by_keys(tmp_path):
@@ -443,6 +463,12 @@ def test_bad_mquake_rewrite_names_rewrite_case_id(tmp_path):
     # A partly bad MQuAKE case is dropped whole: its rewrites only make sense together.
     result = load_requests(path, skip_invalid=True)
     assert [r.case_id for r in result.requests] == ["3:0"] and len(result.skipped) == 1
+
+    no_answer = {k: v for k, v in mquake(5).items() if k != "new_answer"}
+    path = write_json(tmp_path, [no_answer], name="m1.json")
+    with pytest.raises(RequestError) as info:
+        load_requests(path)
+    assert_located(info.value, path, 0, "5", "new_answer")
 
     for rewrites, fragment in ([], "empty list"), ("x", "expected a list"):
         path = write_json(tmp_path, [{"case_id": 4, RR: rewrites}], name="m2.json")
