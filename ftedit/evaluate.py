@@ -136,10 +136,10 @@ def evaluate(
                 [scores[(p, r.target_new)] for p in r.paraphrases],
                 [scores[probe] for probe in locality_probes(r)],
             )
-        if r.portability:
-            new = [scores[(q, r.portability_new)] for q in r.portability]
-            true = [scores[(q, r.portability_true)] for q in r.portability] if kind == "counterfact" and r.portability_true else None
-            values["portability"] = portability_record(new, true)
+        if r.portability:  # new-answer probes first, then the old answer's (if compared)
+            found = [scores[probe] for probe in portability_probes(r, kind)]
+            n = len(r.portability)
+            values["portability"] = portability_record(found[:n], found[n:] or None)
         values["easyedit_locality"] = easyedit_locality_record(
             [(before[probe], scores[probe]) for probe in locality_probes(r)]
         )
