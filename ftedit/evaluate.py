@@ -29,7 +29,7 @@ from ftedit.metrics import (
 from ftedit.model import pad_token_id
 from ftedit.requests import EditRequest
 from ftedit.loss import target_logits
-from ftedit.tokenize import encode_example, pack_batch
+from ftedit.tokenize import encode_examples, pack_batch
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def portability_probes(request: EditRequest, kind: str) -> list[Probe]:
 def score_probes(model, tokenizer, probes: list[Probe], batch_size: int, row_length: int) -> dict[Probe, ProbeScore]:
     """Mean target NLL and teacher-forced argmax per unique probe, `batch_size` probes per packed pass."""
     unique = list(dict.fromkeys(probes))
-    encoded = [encode_example(tokenizer, p, t) for p, t in unique]
+    encoded = encode_examples(tokenizer, [p for p, _ in unique], [t for _, t in unique])
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     scores: dict[Probe, ProbeScore] = {}

@@ -28,7 +28,24 @@ def encode_pair(tokenizer, prompt: str, target: str) -> tuple[list[int], list[in
 
 
 def encode_example(tokenizer, prompt: str, target: str, conditional: bool = True) -> dict[str, list[int]]:
-    prompt_ids, target_ids = encode_pair(tokenizer, prompt, target)
+    return _example(*encode_pair(tokenizer, prompt, target), conditional)
+
+
+def encode_examples(tokenizer, prompts, targets, conditional: bool = True) -> list[dict[str, list[int]]]:
+    """`encode_example` for many pairs, with one tokenizer call for all prompts and one for all
+    targets (a fast tokenizer then works through the batch in Rust, several times quicker)."""
+    prompts, targets = list(prompts), list(targets)
+    if not prompts:
+        return []
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer([target_text(t) for t in targets], add_special_tokens=False)["input_ids"]
+    for target, ids in zip(targets, target_ids):
+        if not ids:
+            raise ValueError(f"target {target!r} tokenizes to nothing")
+    return [_example(list(p), list(t), conditional) for p, t in zip(prompt_ids, target_ids)]
+
+
+def _example(prompt_ids: list[int], target_ids: list[int], conditional: bool) -> dict[str, list[int]]:
     input_ids = prompt_ids + target_ids
     if conditional:
         labels = [IGNORE_INDEX] * len(prompt_ids) + list(target_ids)
@@ -51,9 +68,7 @@ class TokenizeBatch:
         self.conditional = conditional
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        encoded = [
-            encode_example(self.tokenizer, p, t, self.conditional) for p, t in zip(batch["prompt"], batch["target"])
-        ]
+        encoded = encode_examples(self.tokenizer, batch["prompt"], batch["target"], self.conditional)
         out = dict(batch)
         out["input_ids"] = _ragged([e["input_ids"] for e in encoded])
         out["labels"] = _ragged([e["labels"] for e in encoded])

@@ -1,5 +1,7 @@
 """Evaluation on Ray Data model actors gives exactly what `evaluate` gives in one process."""
 
+import json
+
 import pytest
 
 from ftedit.config import RunConfig, from_dict
@@ -18,9 +20,17 @@ def test_actor_pool_scores_match_the_in_process_evaluation(tiny_model, tmp_path)
     import ray
     import torch
 
-    requests = load_requests(REPO / "data" / "sample_edits.jsonl", limit=6).requests
+    # The sample edits, two of them with multi-hop (portability) questions as MQuAKE gives them.
+    records = [json.loads(line) for line in (REPO / "data" / "sample_edits.jsonl").read_text().splitlines()[:6]]
+    for i in (0, 3):
+        records[i].update(portability=[f"The capital of the country of {records[i]['subject']} is",
+                                       f"People near {records[i]['subject']} mostly speak"],
+                          portability_new="Rome", portability_true="Paris")
+    path = tmp_path / "edits.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    requests = load_requests(path).requests
     # 2 actors, 2 requests per batch: the requests are split over batches and replicas.
-    cfg = from_dict(RunConfig, {"data": {"requests": str(REPO / "data" / "sample_edits.jsonl"), "limit": 6},
+    cfg = from_dict(RunConfig, {"data": {"requests": str(path), "limit": 6},
                                 "eval": {"actors": 2, "requests_per_batch": 2, "batch_size": 8,
                                          "torch_threads": 1, "cpus_per_actor": 0.5}})
     # An "edited" model: a LoRA adapter with random (non-zero) weights, saved as training saves it.
@@ -60,3 +70,6 @@ def test_actor_pool_scores_match_the_in_process_evaluation(tiny_model, tmp_path)
     # locality, which needs the unedited model's tokens, came through the actors.
     assert after.summary["em"] != pytest.approx(before.summary["em"], abs=1e-3)
     assert summaries[1]["easyedit_locality"] == pytest.approx(after.summary["easyedit_locality"], abs=1e-6)
+    # Portability is scored for the two records with questions only, and summed over those.
+    assert [("portability" in after_record) for _, _, after_record in rows] == [True, False, False, True, False, False]
+    assert summaries[1]["portability"] == pytest.approx(after.summary["portability"], abs=1e-6)

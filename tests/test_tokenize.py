@@ -1,6 +1,6 @@
 import pytest
 
-from ftedit.tokenize import IGNORE_INDEX, encode_example, encode_pair, pack_batch, pack_rows
+from ftedit.tokenize import IGNORE_INDEX, encode_example, encode_examples, encode_pair, pack_batch, pack_rows
 
 
 class CharTokenizer:
@@ -48,6 +48,34 @@ def test_real_tokenizer_mask_positions(tiny_model):
     assert example["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
     assert example["labels"][n_prompt:] == example["input_ids"][n_prompt:]
     assert tok.decode(example["input_ids"][n_prompt:]) == " Paris"
+
+
+def test_batched_encoding_equals_one_pair_at_a_time(tiny_model):
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompts = np.array(["The capital of France is", "Apple was founded by Steve", "x", "Danielle Darrieux speaks"])
+    targets = np.array(["Paris", " Wozniak ", "y z", "English"])  # as a Ray Data batch holds them
+    for conditional in (True, False):
+        assert encode_examples(tok, prompts, targets, conditional) == [
+            encode_example(tok, p, t, conditional) for p, t in zip(prompts, targets)]
+    assert encode_examples(tok, [], []) == []
+
+
+class StrippingTokenizer:
+    """Drops whitespace, so a blank target has no tokens; takes a string or a list, as HF does."""
+
+    def __call__(self, text, add_special_tokens=False):
+        ids = lambda t: [ord(c) for c in t.strip()]  # noqa: E731
+        return {"input_ids": [ids(t) for t in text] if isinstance(text, list) else ids(text)}
+
+
+def test_batched_encoding_names_a_target_without_tokens():
+    with pytest.raises(ValueError, match="target '   ' tokenizes to nothing"):
+        encode_examples(StrippingTokenizer(), ["a", "b"], ["c", "   "])
+    with pytest.raises(ValueError, match="target '   ' tokenizes to nothing"):
+        encode_example(StrippingTokenizer(), "b", "   ")
 
 
 def test_pack_rows_fits_examples_first_fit_longest_first():
