@@ -36,7 +36,10 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, b
         batch = tokenizer(
             prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left"
         ).to(device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, use_cache=True)
+        # Exactly `max_new_tokens` per prompt, as ROME's generate_fast: an instruction-tuned model
+        # ends its answer to a question at once, and an empty text would score as no fluency.
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=pad, use_cache=True)
         texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     log.info("  generated %d continuations of %d tokens (%.0f s)", len(prompts), max_new_tokens, time.perf_counter() - started)
     return texts

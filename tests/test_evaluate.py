@@ -106,6 +106,24 @@ def test_fluency_generates_greedily_from_each_edit_and_scores_entropy(model_and_
     assert "fluency" not in evaluate(model, tok, REQUESTS, "counterfact", EvalConfig(batch_size=4)).summary
 
 
+def test_fluency_continues_past_the_end_of_text(tiny_model):
+    """A model that would stop at once (EOS most likely everywhere) still writes the full length."""
+    from ftedit.fluency import generate_greedy
+
+    model, tok = load_causal_lm(tiny_model)
+    eos = model.generation_config.eos_token_id
+
+    def end_of_text_first(module, inputs, logits):
+        logits[..., eos] += 100.0
+        return logits
+
+    model.get_output_embeddings().register_forward_hook(end_of_text_first)
+    texts = generate_greedy(model, tok, ["The capital of France is", "Who wrote Hamlet?"], 8, batch_size=2)
+    out = model.generate(**tok(["Who wrote Hamlet?"], return_tensors="pt"), max_new_tokens=8, do_sample=False)
+    assert out[0, -1].item() == eos  # left alone, the model would stop
+    assert all(len(tok(t, add_special_tokens=False)["input_ids"]) >= 4 for t in texts), texts
+
+
 def test_portability_from_multi_hop_questions(model_and_tokenizer):
     model, tok = model_and_tokenizer
     request = EditRequest("m:0", "Ellie Kemper is a citizen of", "Ellie Kemper", "Croatia", "United States",
