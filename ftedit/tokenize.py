@@ -33,7 +33,8 @@ def encode_example(tokenizer, prompt: str, target: str, conditional: bool = True
 
 def encode_examples(tokenizer, prompts, targets, conditional: bool = True) -> list[dict[str, list[int]]]:
     """`encode_example` for many pairs, with one tokenizer call for all prompts and one for all
-    targets (a fast tokenizer then works through the batch in Rust, several times quicker)."""
+    targets: a fast tokenizer then works through each list in Rust (1.3x the pairs per second of
+    one call per pair, measured on 4,000 CounterFact pairs)."""
     prompts, targets = list(prompts), list(targets)
     if not prompts:
         return []
