@@ -209,12 +209,13 @@ def _parse_mquake(f: _Fields, zsre_target: str) -> list[EditRequest]:
         if not isinstance(item, dict):
             raise rw.error("requested_rewrite", f"item {i}: expected an object, got {_kind(item)}")
         prompt, subject, target_new, target_true = _rewrite(rw)
+        multi_hop = i == 0 and bool(questions)  # the case's questions go with its first rewrite
         requests.append(_checked(rw, EditRequest(
             case_id, prompt, subject, target_new, target_true,
             paraphrases=_one(rw.text("question", required=False)),
-            portability=questions if i == 0 else (),
-            portability_new=new_answer if i == 0 and questions else None,
-            portability_true=old_answer if i == 0 and questions else None)))
+            portability=questions if multi_hop else (),
+            portability_new=new_answer if multi_hop else None,
+            portability_true=old_answer if multi_hop else None)))
     return requests
 
 

@@ -22,9 +22,14 @@ def encode_pair(tokenizer, prompt: str, target: str) -> tuple[list[int], list[in
     """Token ids of the prompt and of the target, without special tokens."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer(target_text(target), add_special_tokens=False)["input_ids"]
+    return prompt_ids, _nonempty(target, target_ids)
+
+
+def _nonempty(target: str, target_ids: list[int]) -> list[int]:
+    """A target without tokens would give an example with nothing to learn or score."""
     if not target_ids:
         raise ValueError(f"target {target!r} tokenizes to nothing")
-    return prompt_ids, target_ids
+    return target_ids
 
 
 def encode_example(tokenizer, prompt: str, target: str, conditional: bool = True) -> dict[str, list[int]]:
@@ -40,10 +45,8 @@ def encode_examples(tokenizer, prompts, targets, conditional: bool = True) -> li
         return []
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer([target_text(t) for t in targets], add_special_tokens=False)["input_ids"]
-    for target, ids in zip(targets, target_ids):
-        if not ids:
-            raise ValueError(f"target {target!r} tokenizes to nothing")
-    return [_example(list(p), list(t), conditional) for p, t in zip(prompt_ids, target_ids)]
+    return [_example(list(p), list(_nonempty(target, t)), conditional)
+            for p, t, target in zip(prompt_ids, target_ids, targets)]
 
 
 def _example(prompt_ids: list[int], target_ids: list[int], conditional: bool) -> dict[str, list[int]]:
