@@ -17,7 +17,8 @@ the full fine-tuning rows (a whole-model lr is far below a LoRA lr).
 
 Every run is a real `run_mass_edit` (Ray Train + DeepSpeed), with fluency on. Rows go to
 benchmarks/results/ladder.json (a row of the same dataset, method, tuning and size is replaced),
-the table in BENCHMARKS.md and benchmarks/results/ladder.png are rebuilt from that file.
+the table in BENCHMARKS.md and benchmarks/results/ladder.png are rebuilt from that file, after
+every rung (a ladder stopped after hours keeps the rungs that finished).
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def write_outputs(new_rows: list[dict], results: Path = RESULTS, benchmarks_md: 
 
 
 def run_ladder(base: str, sizes: list[int], tunings: list[str], methods: list[str], full: list[str],
-               overrides: list[str], runs_dir: Path) -> list[dict]:
+               overrides: list[str], runs_dir: Path, on_rung=lambda rows: None) -> list[dict]:
+    """Run every rung; `on_rung(rows so far)` after each, so a stopped ladder keeps what finished."""
     from ftedit.pipeline import run_mass_edit
 
     base_cfg = load_config(base, overrides)
@@ -171,6 +173,7 @@ def run_ladder(base: str, sizes: list[int], tunings: list[str], methods: list[st
                 if not any(r["method"] == "unedited" and r["n_edits"] == n for r in rows):
                     rows.append(row(dataset_name, "unedited", tuning, n, summary["before"], summary, str(run_dir)))
                 rows.append(row(dataset_name, method, tuning, n, summary["after"], summary, str(run_dir)))
+                on_rung(rows)
     return rows
 
 
@@ -187,9 +190,11 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every rung")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    rows = run_ladder(args.base, args.sizes, args.tunings, args.methods, args.full, args.overrides, Path(args.runs_dir))
-    merged = write_outputs(rows, Path(args.results), Path(args.benchmarks_md))
-    print(render_table(merged))
+    # A 300-edit ladder runs for hours: results, table and plot are rewritten after every rung.
+    save = lambda rows: write_outputs(rows, Path(args.results), Path(args.benchmarks_md))  # noqa: E731
+    rows = run_ladder(args.base, args.sizes, args.tunings, args.methods, args.full, args.overrides,
+                      Path(args.runs_dir), on_rung=save)
+    print(render_table(save(rows)))
 
 
 if __name__ == "__main__":

@@ -3,13 +3,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from ladder import merge_rows, rung_overrides  # noqa: E402
+from ladder import merge_rows, run_ladder, rung_overrides  # noqa: E402
 
 
 def test_each_rung_adds_one_ingredient():
@@ -28,6 +29,28 @@ def test_new_rows_replace_rows_of_the_same_setting():
            {"dataset": "cf", "method": "unedited", "tuning": "-", "n_edits": 10, "edit_score": 0.5}]
     rows = merge_rows(old, new)
     assert [(r["method"], r["edit_score"]) for r in rows] == [("unedited", 0.5), ("FT", 3.0), ("FT+M", 2.0)]
+
+
+def test_a_ladder_stopped_midway_has_saved_the_rungs_that_finished(monkeypatch, tmp_path):
+    import ftedit.pipeline
+
+    side = {"efficacy": 90.0, "generalization": 80.0, "locality": 70.0, "edit_score": 79.0}
+    calls = []
+
+    def fake_run(cfg):  # the first rung finishes, the second dies (a killed job, a lost node)
+        calls.append(cfg.output.dir)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return {"data_format": "jsonl", "before": side, "after": side, "wall_seconds": 1.0,
+                "train": {"train_tokens_per_s": 2.0}}
+
+    monkeypatch.setattr(ftedit.pipeline, "run_mass_edit", fake_run)
+    saved = []
+    with pytest.raises(KeyboardInterrupt):
+        run_ladder("configs/smoke.yaml", [4], ["lora"], ["FT", "FT+M"], [], [], tmp_path,
+                   on_rung=lambda rows: saved.append([r["method"] for r in rows]))
+    assert saved == [["unedited", "FT"]]
+    assert [Path(d).name for d in calls] == ["smoke-4-lora-FT", "smoke-4-lora-FT_M"]
 
 
 def test_a_two_rung_ladder_on_the_tiny_model_writes_rows_table_and_plot(tmp_path):
