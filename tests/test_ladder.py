@@ -1,4 +1,4 @@
-"""benchmarks/ladder.py: rung overrides, merging of result rows, and a real two-rung ladder."""
+"""benchmarks/ladder.py: rung overrides, merging of result rows, saving after each rung, and a real rung."""
 
 import json
 import subprocess
@@ -53,29 +53,29 @@ def test_a_ladder_stopped_midway_has_saved_the_rungs_that_finished(monkeypatch, 
     assert [Path(d).name for d in calls] == ["smoke-4-lora-FT", "smoke-4-lora-FT_M"]
 
 
-def test_a_two_rung_ladder_on_the_tiny_model_writes_rows_table_and_plot(tmp_path):
+def test_a_ladder_rung_on_the_tiny_model_writes_rows_table_and_plot(tmp_path):
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# B\n<!-- ladder:start -->\nold\n<!-- ladder:end -->\nafter\n")
     proc = subprocess.run(
         [sys.executable, "benchmarks/ladder.py", "--base", "configs/smoke.yaml", "--sizes", "4",
-         "--methods", "FT", "FT+M+P+R", "--runs-dir", str(tmp_path / "runs"), "--results", str(tmp_path),
+         "--methods", "FT+M+P+R", "--runs-dir", str(tmp_path / "runs"), "--results", str(tmp_path),
          "--benchmarks-md", str(md), "eval.fluency_tokens=8", "train.epochs=4"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = json.loads((tmp_path / "ladder.json").read_text())
-    assert [(r["method"], r["tuning"], r["n_edits"]) for r in rows] == [
-        ("unedited", "-", 4), ("FT", "lora", 4), ("FT+M+P+R", "lora", 4)]
+    assert [(r["method"], r["tuning"], r["n_edits"]) for r in rows] == [("unedited", "-", 4), ("FT+M+P+R", "lora", 4)]
     by_method = {r["method"]: r for r in rows}
     for r in rows:
         assert r["dataset"] == "jsonl" and 0 <= r["edit_score"] <= 100 and r["fluency"] is not None
-    # Each rung's run used its own recipe: FT trained on edits alone, the full rung on augmentations.
-    ft = json.loads((tmp_path / "runs" / "smoke-4-lora-FT" / "summary.json").read_text())
+    # The rung ran its own recipe on the base config: conditional loss, prefixes and random facts.
     full = json.loads((tmp_path / "runs" / "smoke-4-lora-FT_M_P_R" / "summary.json").read_text())
-    assert ft["examples"]["by_kind"] == {"edit": 4}
     assert full["examples"]["by_kind"] == {"edit": 4, "paraphrase": 12, "random": 12}
-    assert by_method["unedited"]["edit_score"] == pytest.approx(ft["before"]["edit_score"])
+    ran = (tmp_path / "runs" / "smoke-4-lora-FT_M_P_R" / "config.yaml").read_text()
+    assert "mode: conditional" in ran and "epochs: 4" in ran
+    assert by_method["unedited"]["edit_score"] == pytest.approx(full["before"]["edit_score"])
     assert by_method["FT+M+P+R"]["edit_score"] == pytest.approx(full["after"]["edit_score"])
+    assert by_method["FT+M+P+R"]["wall_seconds"] == pytest.approx(full["wall_seconds"])
     text = md.read_text()
     assert "old" not in text and "| jsonl | 4 | FT+M+P+R | lora |" in text and text.endswith("after\n")
     assert (tmp_path / "ladder.png").stat().st_size > 10_000
