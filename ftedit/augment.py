@@ -123,23 +123,27 @@ def augment_request(
     cfg: AugmentConfig,
     seed: int,
     forbidden_prompts: DigestSet | frozenset[str] = frozenset(),
+    continuation: str = "",
 ) -> list[dict]:
-    """The training examples of one edit: dicts with case_id, prompt, target, kind.
+    """The training examples of one edit: dicts with case_id, prompt, target, continuation, kind.
 
     `similar` holds pool indices nearest to the edit prompt (best first); `forbidden_prompts`
-    are normalized evaluation prompts that must not appear as a training prompt.
+    are normalized evaluation prompts that must not appear as a training prompt. `continuation`
+    (the unedited model's text after the new fact, `ftedit.continuation`) follows the target of
+    the edit prompt and its prefixed copies; locality facts have none.
     """
     rng = random.Random(f"{seed}:{request.case_id}")
     examples = []
 
-    def add(prompt: str, target: str, kind: str) -> None:
+    def add(prompt: str, target: str, kind: str, after: str = "") -> None:
         if normalize(prompt) not in forbidden_prompts:
-            examples.append({"case_id": request.case_id, "prompt": prompt, "target": target, "kind": kind})
+            examples.append({"case_id": request.case_id, "prompt": prompt, "target": target,
+                             "continuation": after, "kind": kind})
 
     if cfg.keep_edit_prompt:
-        add(request.prompt, request.target_new, "edit")
+        add(request.prompt, request.target_new, "edit", continuation)
     for prefix in rng.sample(prefixes, min(cfg.n_paraphrase, len(prefixes))):
-        add(with_prefix(prefix, request.prompt), request.target_new, "paraphrase")
+        add(with_prefix(prefix, request.prompt), request.target_new, "paraphrase", continuation)
 
     chosen: set[int] = set()
     for index in similar[: cfg.n_similar]:

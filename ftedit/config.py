@@ -89,11 +89,15 @@ class AugmentConfig:
     """Answer trained for locality facts: the pool's gold answer or the unedited model's greedy one."""
     locality_target_tokens: int = 4
     """With locality_target=model: tokens greedily decoded as the model's own answer."""
+    continuation_tokens: int = 0
+    """Continuation anchors (`ftedit.continuation`): the edit prompt and its prefixed copies go on
+    past the new target with up to this many tokens the unedited model writes after it, trained on
+    too, so the edited model carries on after the new fact instead of repeating it. 0: off."""
     embedding_model: str = "all-minilm-l6-v2"
     """Sentence embedder for `n_similar`: `all-minilm-l6-v2` (bundled) or a local BERT-style path."""
 
     def __post_init__(self):
-        for key in ("n_paraphrase", "n_random", "n_similar"):
+        for key in ("n_paraphrase", "n_random", "n_similar", "continuation_tokens"):
             _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
         for key in ("prefix_tokens", "locality_target_tokens"):
             _require(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")

@@ -23,11 +23,15 @@ log = logging.getLogger(__name__)
 def augment_batch(batch: dict, prefixes, pool, cfg, seed, forbidden) -> dict:
     """Ray Data stage: a batch of request rows -> a batch of example rows."""
     rows = []
-    similar = batch["similar"] if "similar" in batch else [None] * len(batch["request"])
-    for text, nearest in zip(batch["request"], similar):
+    n = len(batch["request"])
+    similar = batch["similar"] if "similar" in batch else [None] * n
+    continuations = batch["continuation"] if "continuation" in batch else [""] * n
+    for text, nearest, after in zip(batch["request"], similar, continuations):
         request = EditRequest.from_dict(json.loads(text))
-        rows += augment_request(request, prefixes, pool, json.loads(nearest) if nearest else [], cfg, seed, forbidden)
-    return {key: np.array([row[key] for row in rows], dtype=object) for key in ("case_id", "prompt", "target", "kind")}
+        nearest = json.loads(nearest) if nearest else []
+        rows += augment_request(request, prefixes, pool, nearest, cfg, seed, forbidden, continuation=after)
+    keys = ("case_id", "prompt", "target", "continuation", "kind")
+    return {key: np.array([row[key] for row in rows], dtype=object) for key in keys}
 
 
 class OwnAnswers:
@@ -89,6 +93,15 @@ def build_training_dataset(
             SimilarFacts,
             fn_constructor_args=(embedder_path, [f.prompt for f in pool], cfg.augment.n_similar),
             batch_size=1024,
+            concurrency=1,
+        )
+    if cfg.augment.continuation_tokens:
+        from ftedit.continuation import Continuations
+
+        ds = ds.map_batches(
+            Continuations,
+            fn_constructor_args=(model_path, cfg.model.dtype, cfg.augment.continuation_tokens),
+            batch_size=64,
             concurrency=1,
         )
     ds = ds.map_batches(

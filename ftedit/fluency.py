@@ -24,8 +24,12 @@ def generation_prompts(request: EditRequest, per_edit: int) -> list[str]:
 
 
 @torch.no_grad()
-def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy continuations (the generated text only) of every prompt, in left-padded batches."""
+def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+                    full_length: bool = True) -> list[str]:
+    """Greedy continuations (the generated text only) of every prompt, in left-padded batches.
+
+    `full_length`: exactly `max_new_tokens` per prompt, never stopping at end-of-text.
+    """
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     model.eval()
@@ -38,7 +42,8 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, b
         ).to(device)
         # Exactly `max_new_tokens` per prompt, as ROME's generate_fast: an instruction-tuned model
         # ends its answer to a question at once, and an empty text would score as no fluency.
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+        out = model.generate(**batch, max_new_tokens=max_new_tokens,
+                             min_new_tokens=max_new_tokens if full_length else None,
                              do_sample=False, pad_token_id=pad, use_cache=True)
         texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     log.info("  generated %d continuations of %d tokens (%.0f s)", len(prompts), max_new_tokens, time.perf_counter() - started)

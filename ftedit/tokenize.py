@@ -36,17 +36,25 @@ def encode_example(tokenizer, prompt: str, target: str, conditional: bool = True
     return _example(*encode_pair(tokenizer, prompt, target), conditional)
 
 
-def encode_examples(tokenizer, prompts, targets, conditional: bool = True) -> list[dict[str, list[int]]]:
+def encode_examples(tokenizer, prompts, targets, conditional: bool = True,
+                    continuations=None) -> list[dict[str, list[int]]]:
     """`encode_example` for many pairs, with one tokenizer call for all prompts and one for all
     targets: a fast tokenizer then works through each list in Rust (1.3x the pairs per second of
-    one call per pair, measured on 4,000 CounterFact pairs)."""
+    one call per pair, measured on 4,000 CounterFact pairs).
+
+    `continuations` (text that follows the target verbatim, or "") are tokenized on their own and
+    appended to the target's tokens, labelled like them: the target keeps exactly the tokens it
+    is scored with, whatever the continuation starts with.
+    """
     prompts, targets = list(prompts), list(targets)
     if not prompts:
         return []
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer([target_text(t) for t in targets], add_special_tokens=False)["input_ids"]
-    return [_example(list(p), list(_nonempty(target, t)), conditional)
-            for p, t, target in zip(prompt_ids, target_ids, targets)]
+    after_ids = ([[]] * len(prompts) if continuations is None
+                 else tokenizer([str(c) for c in continuations], add_special_tokens=False)["input_ids"])
+    return [_example(list(p), list(_nonempty(target, t)) + list(a), conditional)
+            for p, t, a, target in zip(prompt_ids, target_ids, after_ids, targets)]
 
 
 def _example(prompt_ids: list[int], target_ids: list[int], conditional: bool) -> dict[str, list[int]]:
@@ -72,7 +80,8 @@ class TokenizeBatch:
         self.conditional = conditional
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        encoded = encode_examples(self.tokenizer, batch["prompt"], batch["target"], self.conditional)
+        encoded = encode_examples(self.tokenizer, batch["prompt"], batch["target"], self.conditional,
+                                  batch.get("continuation"))
         out = dict(batch)
         out["input_ids"] = _ragged([e["input_ids"] for e in encoded])
         out["labels"] = _ragged([e["labels"] for e in encoded])

@@ -101,6 +101,10 @@ def test_counts_kinds_and_targets():
     # random facts are drawn among those not already chosen as similar
     assert {e["prompt"] for e in examples[4:]} == {"The capital of Spain is", "The capital of Italy is"}
     assert all(e["prompt"].endswith(". " + EDIT.prompt) for e in examples[1:3])
+    # A continuation follows the edit's own examples only; locality facts keep their bare answer.
+    anchored = augment_request(EDIT, ["A b", "C d", "E f"], pool, [2, 0], cfg, seed=0, continuation=". She")
+    assert [e["continuation"] for e in anchored] == [". She"] * 3 + [""] * 3
+    assert [e["continuation"] for e in examples] == [""] * 6
 
 
 def test_augmentation_is_seeded_per_request_not_per_batch():

@@ -38,6 +38,7 @@ def test_int_accepted_for_float_but_bool_not_for_int(tmp_path):
         ("train.num_workers=0", "train.num_workers"),
         ("augment.n_random=-1", "augment.n_random"),
         ("augment.n_paraphrase=-2", "augment.n_paraphrase"),
+        ("augment.continuation_tokens=-1", "augment.continuation_tokens"),
         ("augment.n_paraphrase=99", "augment.prefix_bank"),  # bank smaller than draws
         ("train.zero_stage=4", "train.zero_stage"),
         ("train.max_failures=-2", "train.max_failures"),  # -1 is "no limit"

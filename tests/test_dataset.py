@@ -22,6 +22,23 @@ def test_locality_facts_get_the_unedited_models_own_greedy_answer(tiny_model):
     assert list(out["target"][1:]) == [expected, expected]
 
 
+def test_continuations_are_the_unedited_models_greedy_text_after_the_new_target(tiny_model):
+    import torch
+
+    from ftedit.continuation import Continuations
+
+    requests = [EditRequest("a", "The capital of France is", "France", "Rome"),
+                EditRequest("b", "Apple was founded by Steve", "Apple", "Wozniak")]
+    stage = Continuations(str(tiny_model), "float32", max_new_tokens=4, batch_size=2)  # one left-padded batch
+    out = stage({"request": np.array([json.dumps(r.to_dict()) for r in requests], dtype=object)})
+    for request, continuation in zip(requests, out["continuation"]):
+        ids = stage.tokenizer(f"{request.prompt} {request.target_new}", return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            alone = stage.model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        expected = stage.tokenizer.decode(alone[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
+        assert continuation == expected and "\n" not in continuation
+
+
 def test_augment_batch_expands_request_rows():
     requests = [EditRequest("a", "The capital of France is", "France", "Rome"),
                 EditRequest("b", "Apple was founded by Steve", "Apple", "Wozniak")]
@@ -38,6 +55,11 @@ def test_augment_batch_expands_request_rows():
     assert out["prompt"][2] == "The capital of Spain is" and out["target"][2] == "Madrid"
     assert out["prompt"][3] == "The capital of Peru is"  # the similar fact is not drawn again at random
     assert set(out["case_id"]) == {"a", "b"}
+    assert set(out["continuation"]) == {""}  # no continuation stage ran
+    # With the continuation stage's column, an edit's own examples carry its continuation.
+    out = augment_batch({**batch, "continuation": np.array([". It is", ""], dtype=object)}, ["I see", "You"],
+                        pool, cfg, seed=0, forbidden=frozenset())
+    assert list(out["continuation"]) == [". It is", ". It is", "", "", "", "", ""]
     # Without the similar-facts stage (n_similar 0) the rows have no `similar` column.
     del batch["similar"]
     out = augment_batch(batch, ["I see", "You"], pool, AugmentConfig(n_paraphrase=1, prefix_bank=2, n_random=1), 0, frozenset())

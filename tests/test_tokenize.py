@@ -63,6 +63,20 @@ def test_batched_encoding_equals_one_pair_at_a_time(tiny_model):
     assert encode_examples(tok, [], []) == []
 
 
+def test_a_continuation_is_labelled_after_the_target_which_keeps_its_own_tokens(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompts, targets = ["Danielle Darrieux speaks", "The capital of France is"], ["English", "Rome"]
+    # "man" might fuse with "English" if the two were tokenized as one text.
+    anchored = encode_examples(tok, prompts, targets, True, continuations=["man. She is", ""])
+    plain = encode_examples(tok, prompts, targets, True)
+    after = tok("man. She is", add_special_tokens=False)["input_ids"]
+    assert anchored[0]["input_ids"] == plain[0]["input_ids"] + after
+    assert anchored[0]["labels"] == plain[0]["labels"] + after  # the continuation is trained on too
+    assert anchored[1] == plain[1]  # an empty continuation changes nothing
+
+
 class StrippingTokenizer:
     """Drops whitespace, so a blank target has no tokens; takes a string or a list, as HF does."""
 
