@@ -36,16 +36,20 @@ def machine() -> str:
 
 def render_table() -> str:
     rows = [
-        "| config | edits | before ES / PS / NS / score | after ES / PS / NS / score | wall (s) | train tokens/s | machine | date |",
-        "|---|---:|---|---|---:|---:|---|---|",
+        "| config | edits | before ES / PS / NS / score | after ES / PS / NS / score | fluency before -> after "
+        "| wall (s) | train tokens/s | machine | date |",
+        "|---|---:|---|---|---|---:|---:|---|---|",
     ]
     for path in sorted(RESULTS.glob("*.json")):
         r = json.loads(path.read_text())
         if not isinstance(r, dict) or "before" not in r:  # another benchmark's results (ladder, throughput)
             continue
         fmt = lambda side: " / ".join(f"{r[side][k]:.1f}" for k in METRICS)  # noqa: E731
+        # Fluency is measured only with eval.fluency_tokens > 0 (50 in ROME/MEMIT).
+        fluency = (f"{r['before']['fluency']:.0f} -> {r['after']['fluency']:.0f}"
+                   if r["before"].get("fluency") is not None else "-")
         rows.append(
-            f"| `{r['config']}` | {r['n_edits']} | {fmt('before')} | {fmt('after')} | {r['wall_seconds']:.0f} "
+            f"| `{r['config']}` | {r['n_edits']} | {fmt('before')} | {fmt('after')} | {fluency} | {r['wall_seconds']:.0f} "
             f"| {r['train_tokens_per_s']:.0f} | {r['machine']} | {r['date']} |"
         )
     return "\n".join(rows)
@@ -63,19 +67,19 @@ def result_name(config: str, overrides: list[str]) -> str:
     return Path(config).stem + (f"__{slug}" if slug else "")
 
 
-def record(summary: dict, cfg, label: str, command: str, name: str) -> None:
+def record(summary: dict, cfg, label: str, command: str, name: str, date: str | None = None) -> None:
     result = {
         "config": label,
         "command": command,
         "n_edits": summary["n_edits"],
-        "before": {k: summary["before"][k] for k in METRICS},
-        "after": {k: summary["after"][k] for k in METRICS},
+        "before": {k: summary["before"].get(k) for k in (*METRICS, "fluency")},
+        "after": {k: summary["after"].get(k) for k in (*METRICS, "fluency")},
         "wall_seconds": summary["wall_seconds"],
         "train_seconds": summary["train"]["train_seconds"],
         "train_tokens_per_s": summary["train"]["train_tokens_per_s"],
         "examples": summary["examples"],
         "machine": machine(),
-        "date": datetime.date.today().isoformat(),
+        "date": date or datetime.date.today().isoformat(),
         "resolved_config": to_dict(cfg),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -100,7 +104,8 @@ def main() -> None:
         summary = json.loads((run / "summary.json").read_text())
         name = args.name or run.name
         label = f"{args.label or run.name} (recorded from its run directory)"
-        record(summary, cfg, label, f"python benchmarks/edit_quality.py --from-run {run}", name)
+        measured = datetime.date.fromtimestamp((run / "summary.json").stat().st_mtime).isoformat()
+        record(summary, cfg, label, f"python benchmarks/edit_quality.py --from-run {run}", name, measured)
         return
     name = args.name or result_name(args.config, args.overrides)
     cfg = load_config(args.config, [f"output.dir=runs/{name}", "output.overwrite=true", *args.overrides])
