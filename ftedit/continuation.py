@@ -13,13 +13,11 @@ taught to carry on after the new fact as it would have.
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 
 from ftedit.tokenize import target_text
 
-log = logging.getLogger(__name__)
 
 class Continuations:
     """Ray Data stage on request rows: adds `continuation`, the unedited model's greedy text after
@@ -43,7 +41,4 @@ class Continuations:
     def __call__(self, batch: dict) -> dict:
         requests = [json.loads(text) for text in batch["request"]]
         texts = [r["prompt"] + target_text(r["target_new"]) for r in requests]
-        continuations = self.continue_texts(texts)
-        if texts:  # one example per batch, so a user sees what the edits are anchored with
-            log.info("continuation anchor: %r -> %r", texts[0], continuations[0])
-        return {**batch, "continuation": np.array(continuations, dtype=object)}
+        return {**batch, "continuation": np.array(self.continue_texts(texts), dtype=object)}

@@ -124,6 +124,10 @@ def training_dataset(cfg: RunConfig, inputs: Inputs, augmentation: Augmentation)
     )
     counts = example_counts(dataset)
     log.info("training examples: %s", counts)
+    if cfg.augment.continuation_tokens:  # show what the edits are anchored with (a few rows)
+        for row in dataset.filter(lambda r: r["kind"] == "edit").select_columns(
+                ["prompt", "target", "continuation"]).take(3):
+            log.info("continuation anchor: %r + %r -> %r", row["prompt"], row["target"], row["continuation"])
     return dataset, counts
 
 

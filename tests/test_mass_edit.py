@@ -127,16 +127,20 @@ def test_a_run_that_fails_midway_leaves_nothing_that_looks_complete(tmp_path, mo
 
 def test_zero3_full_finetuning_with_similar_facts_and_own_answers(tmp_path, tiny_embedder):
     """The other training path: ZeRO-3 (parameters gathered to save), full fine-tuning of one
-    layer, similar facts by embedding and locality targets from the unedited model."""
+    layer, similar facts by embedding, locality targets from the unedited model and edits
+    anchored with its continuations."""
     out = tmp_path / "run"
     proc = run_job(
         "--config", "configs/smoke.yaml", f"output.dir={out}", "data.limit=4",
         "train.tuning=full", "train.layers=[1]", "train.zero_stage=3", "train.lr=5e-3",
         "augment.n_similar=2", "augment.locality_target=model", f"augment.embedding_model={tiny_embedder}",
+        "augment.continuation_tokens=3",
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["examples"]["by_kind"] == {"edit": 4, "paraphrase": 12, "random": 12, "similar": 8}
+    anchors = [line for line in proc.stderr.splitlines() if "continuation anchor:" in line]
+    assert len(anchors) == 3, proc.stderr[-4000:]  # the edits' rows carry the continuation column
     # The model was built already partitioned over both workers (what lets a 70B model load).
     assert "every weight built partitioned over 2 worker(s) by zero.Init: True" in proc.stderr
     assert (out / "trained_layers" / "trained_weights.safetensors").is_file()

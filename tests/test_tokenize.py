@@ -75,6 +75,15 @@ def test_a_continuation_is_labelled_after_the_target_which_keeps_its_own_tokens(
     assert anchored[0]["input_ids"] == plain[0]["input_ids"] + after
     assert anchored[0]["labels"] == plain[0]["labels"] + after  # the continuation is trained on too
     assert anchored[1] == plain[1]  # an empty continuation changes nothing
+    # The Ray Data stage passes the examples' continuation column through.
+    import numpy as np
+
+    from ftedit.tokenize import TokenizeBatch
+
+    column = lambda values: np.array(values, dtype=object)  # noqa: E731
+    batch = {"prompt": column(prompts), "target": column(targets), "continuation": column(["man. She is", ""])}
+    out = TokenizeBatch(str(tiny_model), conditional=True)(batch)
+    assert [list(ids) for ids in out["labels"]] == [e["labels"] for e in anchored]
 
 
 class StrippingTokenizer:
