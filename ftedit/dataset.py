@@ -42,17 +42,21 @@ class OwnAnswers:
     """
 
     def __init__(self, model_path: str, dtype: str, max_new_tokens: int):
+        import torch
+
         from ftedit.model import load_causal_lm, pad_token_id
 
         self.model, self.tokenizer = load_causal_lm(model_path, dtype)
         self.model.eval()
+        if torch.cuda.is_available():  # a GPU was assigned to this actor (eval.gpus_per_actor)
+            self.model.to("cuda")
         self.pad = pad_token_id(self.tokenizer)
         self.max_new_tokens = max_new_tokens
 
     def answer(self, prompt: str) -> str:
         import torch
 
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.model.device)
         with torch.no_grad():
             out = self.model.generate(
                 ids, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.pad
@@ -69,6 +73,13 @@ class OwnAnswers:
                     answers[prompt] = self.answer(prompt)
                 targets[i] = answers[prompt] or targets[i]  # an empty answer keeps the gold one
         return {**batch, "target": targets}
+
+
+def _model_actors(cfg: RunConfig) -> dict:
+    """Stages that run the unedited model use the scoring actors' pool: `eval.actors` replicas
+    with `eval.gpus_per_actor` GPUs each (on a GPU cluster, generation for 10,000 edits of a
+    large model belongs on GPUs, not on a CPU actor)."""
+    return {"concurrency": cfg.eval.actors, "num_gpus": cfg.eval.gpus_per_actor or None}
 
 
 def build_training_dataset(
@@ -102,7 +113,7 @@ def build_training_dataset(
             Continuations,
             fn_constructor_args=(model_path, cfg.model.dtype, cfg.augment.continuation_tokens),
             batch_size=64,
-            concurrency=1,
+            **_model_actors(cfg),
         )
     ds = ds.map_batches(
         augment_batch,
@@ -120,7 +131,7 @@ def build_training_dataset(
             OwnAnswers,
             fn_constructor_args=(model_path, cfg.model.dtype, cfg.augment.locality_target_tokens),
             batch_size=256,
-            concurrency=1,
+            **_model_actors(cfg),
         )
     ds = ds.map_batches(
         TokenizeBatch,
