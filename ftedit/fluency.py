@@ -36,10 +36,7 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     texts: list[str] = []
     started = time.perf_counter()
     for start in range(0, len(prompts), batch_size):
-        # Left padding: generation continues from the last position of every row.
-        batch = tokenizer(
-            prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left"
-        ).to(device)
+        batch = _left_padded(tokenizer(prompts[start : start + batch_size])["input_ids"], pad, device)
         # Exactly `max_new_tokens` per prompt, as ROME's generate_fast: an instruction-tuned model
         # ends its answer to a question at once, and an empty text would score as no fluency.
         out = model.generate(**batch, max_new_tokens=max_new_tokens,
@@ -48,3 +45,15 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, b
         texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     log.info("  generated %d continuations of %d tokens (%.0f s)", len(prompts), max_new_tokens, time.perf_counter() - started)
     return texts
+
+
+def _left_padded(rows: list[list[int]], pad: int, device) -> dict:
+    """Left-padded ids and attention mask, so generation continues from the last position of
+    every row. Padded by hand: many causal-LM tokenizers (GPT-J, Llama 3) have no pad token."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}

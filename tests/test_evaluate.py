@@ -124,6 +124,19 @@ def test_fluency_continues_past_the_end_of_text(tiny_model):
     assert all(len(tok(t, add_special_tokens=False)["input_ids"]) >= 4 for t in texts), texts
 
 
+def test_generation_needs_no_pad_token(tiny_model):
+    """GPT-J's and Llama 3's tokenizers have none; padding is done by hand with the EOS id."""
+    from ftedit.fluency import generate_greedy
+
+    model, tok = load_causal_lm(tiny_model)
+    prompts = ["The capital of France is", "Who wrote the play Hamlet, and when?"]
+    with_pad = generate_greedy(model, tok, prompts, 6, batch_size=2)
+    tok.pad_token = None
+    assert tok.pad_token_id is None
+    assert generate_greedy(model, tok, prompts, 6, batch_size=2) == with_pad
+    assert generate_greedy(model, tok, prompts[1:], 6, batch_size=1) == with_pad[1:]
+
+
 def test_portability_from_multi_hop_questions(model_and_tokenizer):
     model, tok = model_and_tokenizer
     request = EditRequest("m:0", "Ellie Kemper is a citizen of", "Ellie Kemper", "Croatia", "United States",
