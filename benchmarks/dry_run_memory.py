@@ -106,8 +106,10 @@ def main() -> int:
     text = path.read_text()
     if START not in text:
         text += f"\n## Dry run of a big job: driver memory\n\n```bash\npython benchmarks/dry_run_memory.py\n```\n\n{START}\n{END}\n"
-    start, end = text.index(START) + len(START), text.index(END)
-    path.write_text(text[:start] + "\n" + render_table(result) + "\n" + text[end:])
+    sys.path.insert(0, str(REPO))
+    from benchmarks.markdown_table import replace_between
+
+    path.write_text(replace_between(text, START, END, render_table(result)))
     print(render_table(result))
     return 0
 

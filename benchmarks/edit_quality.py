@@ -20,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config, to_dict  # noqa: E402
 from ftedit.pipeline import run_mass_edit  # noqa: E402
 
@@ -57,9 +58,7 @@ def render_table() -> str:
 
 def update_benchmarks_md() -> None:
     path = REPO / "BENCHMARKS.md"
-    text = path.read_text()
-    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    path.write_text(text[:start] + "\n" + render_table() + "\n" + text[end:])
+    path.write_text(replace_between(path.read_text(), TABLE_START, TABLE_END, render_table()))
 
 
 def result_name(config: str, overrides: list[str]) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -104,8 +105,7 @@ def main() -> None:
     md = Path(args.benchmarks_md)
     text = md.read_text()
     if TABLE_START in text:
-        start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-        md.write_text(text[:start] + "\n" + render_table(rows) + "\n" + text[end:])
+        md.write_text(replace_between(text, TABLE_START, TABLE_END, render_table(rows)))
     print(render_table(rows))
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -136,9 +137,7 @@ def write_outputs(new_rows: list[dict], results: Path = RESULTS, benchmarks_md: 
     path = results / "ladder.json"
     rows = merge_rows(json.loads(path.read_text()) if path.exists() else [], new_rows)
     path.write_text(json.dumps(rows, indent=2) + "\n")
-    text = benchmarks_md.read_text()
-    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    benchmarks_md.write_text(text[:start] + "\n" + render_table(rows) + "\n" + text[end:])
+    benchmarks_md.write_text(replace_between(benchmarks_md.read_text(), TABLE_START, TABLE_END, render_table(rows)))
     plot(rows, results / "ladder.png")
     return rows
 

@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.markdown_table import replace_between  # noqa: E402
 from benchmarks.edit_quality import machine  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
@@ -111,9 +112,7 @@ def render_table(r: dict) -> str:
 
 def update_benchmarks_md(result: dict) -> None:
     path = REPO / "BENCHMARKS.md"
-    text = path.read_text()
-    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    path.write_text(text[:start] + "\n" + render_table(result) + "\n" + text[end:])
+    path.write_text(replace_between(path.read_text(), TABLE_START, TABLE_END, render_table(result)))
 
 
 def main() -> None:
