@@ -51,8 +51,10 @@ def encode_examples(tokenizer, prompts, targets, conditional: bool = True,
         return []
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer([target_text(t) for t in targets], add_special_tokens=False)["input_ids"]
-    after_ids = ([[]] * len(prompts) if continuations is None
-                 else tokenizer([str(c) for c in continuations], add_special_tokens=False)["input_ids"])
+    # Without continuation anchors every continuation is "": no tokenizer call for nothing.
+    continuations = [str(c) for c in continuations] if continuations is not None else []
+    after_ids = (tokenizer(continuations, add_special_tokens=False)["input_ids"] if any(continuations)
+                 else [[]] * len(prompts))
     return [_example(list(p), list(_nonempty(target, t)) + list(a), conditional)
             for p, t, a, target in zip(prompt_ids, target_ids, after_ids, targets)]
 
