@@ -24,13 +24,10 @@ class Continuations:
     each request's prompt and new target (at most `max_new_tokens`, cut at the first line break)."""
 
     def __init__(self, model_path: str, dtype: str, max_new_tokens: int, batch_size: int = 32):
-        import torch
-
-        from ftedit.model import load_causal_lm
+        from ftedit.model import load_causal_lm, to_assigned_gpu
 
         self.model, self.tokenizer = load_causal_lm(model_path, dtype)
-        if torch.cuda.is_available():  # a GPU was assigned to this actor (eval.gpus_per_actor)
-            self.model.to("cuda")
+        to_assigned_gpu(self.model)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
 

@@ -42,14 +42,11 @@ class OwnAnswers:
     """
 
     def __init__(self, model_path: str, dtype: str, max_new_tokens: int):
-        import torch
-
-        from ftedit.model import load_causal_lm, pad_token_id
+        from ftedit.model import load_causal_lm, pad_token_id, to_assigned_gpu
 
         self.model, self.tokenizer = load_causal_lm(model_path, dtype)
         self.model.eval()
-        if torch.cuda.is_available():  # a GPU was assigned to this actor (eval.gpus_per_actor)
-            self.model.to("cuda")
+        to_assigned_gpu(self.model)
         self.pad = pad_token_id(self.tokenizer)
         self.max_new_tokens = max_new_tokens
 

@@ -26,6 +26,13 @@ def load_causal_lm(path: str | Path, dtype: str = "float32"):
     return model, tokenizer
 
 
+def to_assigned_gpu(model):
+    """Move a Ray actor's model to its GPU when Ray assigned one (eval.gpus_per_actor); else CPU."""
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return model
+
+
 def pad_token_id(tokenizer) -> int:
     """Any id works for padding (padded positions are masked); prefer the tokenizer's own."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):

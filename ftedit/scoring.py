@@ -43,7 +43,7 @@ class EvaluateRequests:
         import torch
 
         from ftedit.config import RunConfig, from_dict
-        from ftedit.model import load_causal_lm, load_edited
+        from ftedit.model import load_causal_lm, load_edited, to_assigned_gpu
 
         cfg = from_dict(RunConfig, run)
         if not cfg.eval.gpus_per_actor:
@@ -53,8 +53,7 @@ class EvaluateRequests:
             self.model, self.tokenizer = load_causal_lm(model_path, cfg.model.dtype)
         else:
             self.model, self.tokenizer = load_edited(model_path, trained_dir, cfg.model.dtype)
-        if torch.cuda.is_available():  # a GPU was assigned to this actor (eval.gpus_per_actor)
-            self.model.to("cuda")
+        to_assigned_gpu(self.model)
         self.settings, self.kind = cfg.eval, kind
 
     def __call__(self, batch: dict) -> dict:
