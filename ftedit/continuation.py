@@ -35,8 +35,10 @@ class Continuations:
         from ftedit.fluency import generate_greedy
 
         # The model may end here (end-of-text): then there is nothing to anchor, not forced text.
+        # No special tokens: the continuation is trained after "prompt + target" as tokenized for
+        # training (no BOS), so it is generated in that same context.
         generated = generate_greedy(self.model, self.tokenizer, texts, self.max_new_tokens, self.batch_size,
-                                    full_length=False)
+                                    full_length=False, add_special_tokens=False)
         return [text.split("\n")[0] for text in generated]
 
     def __call__(self, batch: dict) -> dict:

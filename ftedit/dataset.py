@@ -37,39 +37,39 @@ def augment_batch(batch: dict, prefixes, pool, cfg, seed, forbidden) -> dict:
 class OwnAnswers:
     """Ray Data stage (locality_target=model): locality facts keep the unedited model's own answer.
 
-    Greedy-decodes a few tokens per unique locality prompt in the batch and cuts at the first
-    line break or sentence end, so the model is trained to keep saying what it said.
+    Greedy-decodes a few tokens per unique locality prompt of the batch (in left-padded batches,
+    in the context training uses: no special tokens) and cuts at the first line break or sentence
+    end, so the model is trained to keep saying what it said.
     """
 
-    def __init__(self, model_path: str, dtype: str, max_new_tokens: int):
-        from ftedit.model import load_causal_lm, pad_token_id, to_assigned_gpu
+    def __init__(self, model_path: str, dtype: str, max_new_tokens: int, batch_size: int = 32):
+        from ftedit.model import load_causal_lm, to_assigned_gpu
 
         self.model, self.tokenizer = load_causal_lm(model_path, dtype)
-        self.model.eval()
         to_assigned_gpu(self.model)
-        self.pad = pad_token_id(self.tokenizer)
         self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
 
-    def answer(self, prompt: str) -> str:
-        import torch
+    def answers(self, prompts: list[str]) -> list[str]:
+        from ftedit.fluency import generate_greedy
 
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.model.device)
-        with torch.no_grad():
-            out = self.model.generate(
-                ids, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.pad
-            )
-        text = self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-        return text.split("\n")[0].split(". ")[0].strip().rstrip(".,;:")
+        generated = generate_greedy(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size,
+                                    full_length=False, add_special_tokens=False)
+        return [first_clause(text) for text in generated]
 
     def __call__(self, batch: dict) -> dict:
-        answers: dict[str, str] = {}
         targets = batch["target"].copy()
-        for i, (prompt, kind) in enumerate(zip(batch["prompt"], batch["kind"])):
-            if kind in LOCALITY_KINDS:
-                if prompt not in answers:
-                    answers[prompt] = self.answer(prompt)
-                targets[i] = answers[prompt] or targets[i]  # an empty answer keeps the gold one
+        local = [i for i, kind in enumerate(batch["kind"]) if kind in LOCALITY_KINDS]
+        prompts = list(dict.fromkeys(batch["prompt"][i] for i in local))
+        answers = dict(zip(prompts, self.answers(prompts))) if prompts else {}
+        for i in local:
+            targets[i] = answers[batch["prompt"][i]] or targets[i]  # an empty answer keeps the gold one
         return {**batch, "target": targets}
+
+
+def first_clause(text: str) -> str:
+    """A generated answer up to its first line break or sentence end, without trailing punctuation."""
+    return text.split("\n")[0].split(". ")[0].strip().rstrip(".,;:")
 
 
 def _model_actors(cfg: RunConfig) -> dict:

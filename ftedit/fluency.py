@@ -25,10 +25,12 @@ def generation_prompts(request: EditRequest, per_edit: int) -> list[str]:
 
 @torch.no_grad()
 def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-                    full_length: bool = True) -> list[str]:
+                    full_length: bool = True, add_special_tokens: bool = True) -> list[str]:
     """Greedy continuations (the generated text only) of every prompt, in left-padded batches.
 
     `full_length`: exactly `max_new_tokens` per prompt, never stopping at end-of-text.
+    `add_special_tokens`: False to generate in the context training and scoring use (no BOS),
+    when the text is to be trained on; True (the tokenizer's default) for fluency, as ROME does.
     """
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
@@ -36,7 +38,8 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     texts: list[str] = []
     started = time.perf_counter()
     for start in range(0, len(prompts), batch_size):
-        batch = _left_padded(tokenizer(prompts[start : start + batch_size])["input_ids"], pad, device)
+        ids = tokenizer(prompts[start : start + batch_size], add_special_tokens=add_special_tokens)["input_ids"]
+        batch = _left_padded(ids, pad, device)
         # Exactly `max_new_tokens` per prompt, as ROME's generate_fast: an instruction-tuned model
         # ends its answer to a question at once, and an empty text would score as no fluency.
         out = model.generate(**batch, max_new_tokens=max_new_tokens,

@@ -3,23 +3,36 @@ import json
 import numpy as np
 
 from ftedit.config import AugmentConfig
-from ftedit.dataset import OwnAnswers, augment_batch
+from ftedit.dataset import OwnAnswers, augment_batch, first_clause
 from ftedit.requests import EditRequest, Fact
 
 
 def test_locality_facts_get_the_unedited_models_own_greedy_answer(tiny_model):
+    import torch
+
     stage = OwnAnswers(str(tiny_model), "float32", max_new_tokens=3)
+    stage.tokenizer.add_bos_token = True  # as Llama's: answers must still come from the training context
+    prompts = ["The capital of France is", "The capital of Spain is", "The capital of Spain is", "Paris lies on the"]
     batch = {
-        "case_id": np.array(["1", "1", "1"], dtype=object),
-        "prompt": np.array(["The capital of France is", "The capital of Spain is", "The capital of Spain is"], dtype=object),
-        "target": np.array(["Rome", "Madrid", "Madrid"], dtype=object),
-        "kind": np.array(["edit", "random", "similar"], dtype=object),
+        "case_id": np.array(["1", "1", "1", "1"], dtype=object),
+        "prompt": np.array(prompts, dtype=object),
+        "target": np.array(["Rome", "Madrid", "Madrid", "Seine"], dtype=object),
+        "kind": np.array(["edit", "random", "similar", "random"], dtype=object),
     }
-    out = stage(batch)
+    out = stage(batch)  # the two locality prompts differ in length: one left-padded batch
     assert out["target"][0] == "Rome"  # edits keep their new target
-    own = stage.answer("The capital of Spain is")
-    expected = own or "Madrid"  # an empty greedy answer keeps the gold one
-    assert list(out["target"][1:]) == [expected, expected]
+    for i, gold in ((1, "Madrid"), (2, "Madrid"), (3, "Seine")):
+        ids = stage.tokenizer(prompts[i], add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            alone = stage.model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+        own = first_clause(stage.tokenizer.decode(alone[0, ids.shape[1]:], skip_special_tokens=True))
+        assert out["target"][i] == (own or gold)  # an empty greedy answer keeps the gold one
+
+
+def test_first_clause_cuts_a_generated_answer_at_its_first_line_or_sentence_end():
+    assert first_clause(" Madrid. It is the capital") == "Madrid"
+    assert first_clause(" Paris,\nand") == "Paris"
+    assert first_clause("\nParis") == ""
 
 
 def test_continuations_are_the_unedited_models_greedy_text_after_the_new_target(tiny_model):
@@ -30,9 +43,13 @@ def test_continuations_are_the_unedited_models_greedy_text_after_the_new_target(
     requests = [EditRequest("a", "The capital of France is", "France", "Rome"),
                 EditRequest("b", "Apple was founded by Steve", "Apple", "Wozniak")]
     stage = Continuations(str(tiny_model), "float32", max_new_tokens=4, batch_size=2)  # one left-padded batch
+    # A tokenizer that adds BOS (Llama's): the continuation is still generated in the context it is
+    # trained in, "prompt + target" tokenized without special tokens.
+    stage.tokenizer.add_bos_token = True
     out = stage({"request": np.array([json.dumps(r.to_dict()) for r in requests], dtype=object)})
     for request, continuation in zip(requests, out["continuation"]):
-        ids = stage.tokenizer(f"{request.prompt} {request.target_new}", return_tensors="pt")["input_ids"]
+        ids = stage.tokenizer(f"{request.prompt} {request.target_new}", add_special_tokens=False,
+                              return_tensors="pt")["input_ids"]
         with torch.no_grad():
             alone = stage.model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
         expected = stage.tokenizer.decode(alone[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
