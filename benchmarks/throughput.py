@@ -6,7 +6,11 @@
 2. scoring throughput of the evaluation (`score_probes`) against forward-only passes of the
    same model over the same packed rows.
 
-    python benchmarks/throughput.py --config configs/bench-counterfact-smollm2.yaml [--edits 30] [key=value ...]
+    python benchmarks/throughput.py --config configs/bench-counterfact-smollm2.yaml [--edits 30] [--repeats 3] [key=value ...]
+
+The two training paths are measured in alternation (plain, Ray Train, plain, Ray Train, ...) and
+the ratio is that of the medians: on a small shared machine one measurement of each can differ by
+more than the 10% the bar allows, and alternating spreads slow spells over both paths.
 
 Writes benchmarks/results/throughput.json and the table between the throughput markers in
 BENCHMARKS.md. Run it on an otherwise idle machine: on 2 cores anything else running distorts it.
@@ -16,6 +20,7 @@ import argparse
 import datetime
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -94,20 +99,36 @@ def scoring_vs_forward(cfg, inputs, model, tokenizer) -> dict:
             "scoring_tokens_per_s": tokens / scoring}
 
 
+def _spread(runs: list[dict]) -> str:
+    values = sorted(r["tokens_per_s"] for r in runs)
+    return f"{values[0]:.0f}-{values[-1]:.0f}" if len(values) > 1 else f"{values[0]:.0f}"
+
+
 def render_table(r: dict) -> str:
+    n = len(r["plain_runs"])
     return "\n".join([
-        "| measurement | tokens/s | ratio | bar |",
-        "|---|---:|---:|---|",
-        f"| plain PyTorch training loop (1 process) | {r['plain']['tokens_per_s']:.0f} | 1.00 | |",
+        f"| measurement | tokens/s (median of {n}) | range | ratio | bar |",
+        "|---|---:|---:|---:|---|",
+        f"| plain PyTorch training loop (1 process) | {r['plain']['tokens_per_s']:.0f} | {_spread(r['plain_runs'])} | 1.00 | |",
         f"| Ray Train + DeepSpeed ZeRO-{r['zero_stage']}, 1 worker | {r['ray']['tokens_per_s']:.0f} "
-        f"| {r['train_ratio']:.2f} | >= 0.9 |",
-        f"| forward-only passes over the evaluation's packed rows | {r['eval']['forward_tokens_per_s']:.0f} | 1.00 | |",
-        f"| evaluation scoring (`score_probes`) | {r['eval']['scoring_tokens_per_s']:.0f} | {r['eval_ratio']:.2f} | >= 0.8 |",
+        f"| {_spread(r['ray_runs'])} | {r['train_ratio']:.2f} | >= 0.9 |",
+        f"| forward-only passes over the evaluation's packed rows | {r['eval']['forward_tokens_per_s']:.0f} | | 1.00 | |",
+        f"| evaluation scoring (`score_probes`) | {r['eval']['scoring_tokens_per_s']:.0f} | | {r['eval_ratio']:.2f} | >= 0.8 |",
         "",
+        f"Ray Train / plain ratio of each alternating pair: {', '.join(f'{x:.2f}' for x in r['pair_ratios'])}. "
         f"Ray Train start-up (workers, model load, DeepSpeed init) and checkpointing: {r['ray']['startup_seconds']:.0f} s "
-        f"outside the measured loop. {r['n_edits']} edits, {r['examples']} examples, {r['epochs']} epoch(s); "
-        f"{r['machine']}; {r['date']}. Command: `{r['command']}`",
+        f"(median) outside the measured loop. {r['n_edits']} edits, {r['examples']} examples, {r['epochs']} epoch(s) "
+        f"per measurement; {r['machine']}; {r['date']}. Command: `{r['command']}`",
     ])
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median tokens/s (the lower middle one for an even count), with the median start-up."""
+    ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
+    run = dict(ordered[(len(ordered) - 1) // 2])
+    if "startup_seconds" in run:
+        run["startup_seconds"] = statistics.median(r["startup_seconds"] for r in runs)
+    return run
 
 
 def update_benchmarks_md(result: dict) -> None:
@@ -120,8 +141,11 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--edits", type=int, default=30, help="edit requests (examples follow from the config)")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of each training path")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from ftedit.model import load_causal_lm
@@ -139,14 +163,17 @@ def main() -> None:
         evaluation = scoring_vs_forward(cfg, inputs, model, tokenizer)
         del model
         log.info("scoring: %s", evaluation)
-        plain = plain_loop_tokens_per_s(cfg, inputs.model_path, dataset)
-        log.info("plain loop: %s", plain)
-        started = time.perf_counter()
-        _, metrics = fit(cfg, inputs.model_path, dataset, counts["examples"], Path(tmp) / "ray")
-        wall = time.perf_counter() - started
-        ray_result = {"tokens": metrics["train_tokens"], "seconds": metrics["train_seconds"],
-                      "tokens_per_s": metrics["train_tokens_per_s"], "startup_seconds": wall - metrics["train_seconds"]}
-        log.info("ray train: %s", ray_result)
+        plain_runs, ray_runs = [], []
+        for repeat in range(args.repeats):
+            plain_runs.append(plain_loop_tokens_per_s(cfg, inputs.model_path, dataset))
+            log.info("plain loop %d/%d: %s", repeat + 1, args.repeats, plain_runs[-1])
+            started = time.perf_counter()
+            _, metrics = fit(cfg, inputs.model_path, dataset, counts["examples"], Path(tmp) / f"ray{repeat}")
+            wall = time.perf_counter() - started
+            ray_runs.append({"tokens": metrics["train_tokens"], "seconds": metrics["train_seconds"],
+                             "tokens_per_s": metrics["train_tokens_per_s"],
+                             "startup_seconds": wall - metrics["train_seconds"]})
+            log.info("ray train %d/%d: %s", repeat + 1, args.repeats, ray_runs[-1])
 
     result = {
         "config": args.config,
@@ -155,9 +182,12 @@ def main() -> None:
         "examples": counts["examples"],
         "epochs": args.epochs,
         "zero_stage": cfg.train.zero_stage,
-        "plain": plain,
-        "ray": ray_result,
-        "train_ratio": ray_result["tokens_per_s"] / plain["tokens_per_s"],
+        "plain": median_run(plain_runs),
+        "ray": median_run(ray_runs),
+        "plain_runs": plain_runs,
+        "ray_runs": ray_runs,
+        "pair_ratios": [r["tokens_per_s"] / p["tokens_per_s"] for p, r in zip(plain_runs, ray_runs)],
+        "train_ratio": median_run(ray_runs)["tokens_per_s"] / median_run(plain_runs)["tokens_per_s"],
         "eval": evaluation,
         "eval_ratio": evaluation["scoring_tokens_per_s"] / evaluation["forward_tokens_per_s"],
         "machine": machine(),
