@@ -107,6 +107,10 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = sorted({r["dataset"] for r in rows})
+    # The same size has the same colour in every panel, the same tuning the same line style.
+    sizes = sorted({r["n_edits"] for r in rows})
+    colour = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(sizes)}
+    style = {"lora": ("-", "o"), "full": ("--", "s")}
     fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4 * len(datasets)), squeeze=False)
     for d, dataset in enumerate(datasets):
         mine = [r for r in rows if r["dataset"] == dataset]
@@ -119,7 +123,8 @@ def plot(rows: list[dict], path: Path) -> None:
                 x = [METHODS.index(r["method"]) for r in series]
                 for ax, metric in zip(axes[d], ("edit_score", "fluency")):
                     y = [r[metric] if r[metric] is not None else float("nan") for r in series]
-                    ax.plot(x, y, marker="o", label=f"{tuning}, {n} edits")
+                    line, marker = style.get(tuning, (":", "^"))
+                    ax.plot(x, y, line, marker=marker, color=colour[n], label=f"{tuning}, {n} edits")
         for ax, title in zip(axes[d], ("edit score (harmonic mean of efficacy, generalization, locality)",
                                        "fluency (n-gram entropy of generations, x100)")):
             ax.set_xticks(range(len(METHODS)), METHODS)
