@@ -123,7 +123,7 @@ def render_table(r: dict) -> str:
 
 
 def median_run(runs: list[dict]) -> dict:
-    """The run of median tokens/s (the lower middle one for an even count), with the median start-up."""
+    """The run of median tokens/s (of an odd number of runs), with the median start-up."""
     ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
     run = dict(ordered[(len(ordered) - 1) // 2])
     if "startup_seconds" in run:
@@ -141,11 +141,11 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--edits", type=int, default=30, help="edit requests (examples follow from the config)")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of each training path")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of each training path (odd)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    if args.repeats < 1 or args.repeats % 2 == 0:
+        parser.error("--repeats must be odd (1, 3, 5, ...): the median is then one measured run of each path")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from ftedit.model import load_causal_lm
