@@ -131,6 +131,19 @@ def median_run(runs: list[dict]) -> dict:
     return run
 
 
+def training_comparison(plain_runs: list[dict], ray_runs: list[dict]) -> dict:
+    """Both paths' runs, their median runs, each alternating pair's ratio and the ratio of medians."""
+    plain, ray = median_run(plain_runs), median_run(ray_runs)
+    return {
+        "plain": plain,
+        "ray": ray,
+        "plain_runs": plain_runs,
+        "ray_runs": ray_runs,
+        "pair_ratios": [r["tokens_per_s"] / p["tokens_per_s"] for p, r in zip(plain_runs, ray_runs)],
+        "train_ratio": ray["tokens_per_s"] / plain["tokens_per_s"],
+    }
+
+
 def update_benchmarks_md(result: dict) -> None:
     path = REPO / "BENCHMARKS.md"
     path.write_text(replace_between(path.read_text(), TABLE_START, TABLE_END, render_table(result)))
@@ -182,12 +195,7 @@ def main() -> None:
         "examples": counts["examples"],
         "epochs": args.epochs,
         "zero_stage": cfg.train.zero_stage,
-        "plain": median_run(plain_runs),
-        "ray": median_run(ray_runs),
-        "plain_runs": plain_runs,
-        "ray_runs": ray_runs,
-        "pair_ratios": [r["tokens_per_s"] / p["tokens_per_s"] for p, r in zip(plain_runs, ray_runs)],
-        "train_ratio": median_run(ray_runs)["tokens_per_s"] / median_run(plain_runs)["tokens_per_s"],
+        **training_comparison(plain_runs, ray_runs),
         "eval": evaluation,
         "eval_ratio": evaluation["scoring_tokens_per_s"] / evaluation["forward_tokens_per_s"],
         "machine": machine(),

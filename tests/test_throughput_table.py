@@ -5,7 +5,7 @@ import sys
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from throughput import median_run, render_table  # noqa: E402
+from throughput import median_run, render_table, training_comparison  # noqa: E402
 
 
 def test_the_median_run_is_the_middle_one_with_the_median_startup():
@@ -18,9 +18,7 @@ def test_the_median_run_is_the_middle_one_with_the_median_startup():
 def test_the_table_shows_medians_ranges_and_each_pair():
     plain = [{"tokens_per_s": t} for t in (160.0, 200.0, 180.0)]
     ray = [{"tokens_per_s": t, "startup_seconds": 20.0} for t in (150.0, 140.0, 171.0)]
-    result = {"plain_runs": plain, "ray_runs": ray, "plain": median_run(plain), "ray": median_run(ray),
-              "pair_ratios": [r["tokens_per_s"] / p["tokens_per_s"] for p, r in zip(plain, ray)],
-              "train_ratio": 150.0 / 180.0, "zero_stage": 2, "n_edits": 30, "examples": 630, "epochs": 1,
+    result = {**training_comparison(plain, ray), "zero_stage": 2, "n_edits": 30, "examples": 630, "epochs": 1,
               "eval": {"forward_tokens_per_s": 300.0, "scoring_tokens_per_s": 360.0}, "eval_ratio": 1.2,
               "machine": "test", "date": "2026-12-01", "command": "python benchmarks/throughput.py"}
     table = render_table(result)
