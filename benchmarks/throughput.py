@@ -54,12 +54,15 @@ def plain_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
     pad = pad_token_id(tokenizer)
+    device_type = next(model.parameters()).device.type
+    mixed = torch.autocast(device_type, dtype=torch.bfloat16, enabled=train.precision == "bf16-mixed")
     model.train()
     tokens, micro_steps, started = 0, 0, time.perf_counter()
     for epoch in range(train.epochs):
         for batch in micro_batches(dataset, train, cfg.seed * 1000 + epoch):
             packed = pack_batch(batch["input_ids"], batch["labels"], pad, train.pack_length)
-            loss = lm_loss(model, packed) / train.grad_accum_steps
+            with mixed:  # what DeepSpeed's torch_autocast does around the engine's forward
+                loss = lm_loss(model, packed) / train.grad_accum_steps
             loss.backward()
             micro_steps += 1
             tokens += int((packed["example"] >= 0).sum())

@@ -39,6 +39,8 @@ def deepspeed_config(train: TrainConfig) -> dict:
         "zero_optimization": zero,
         "bf16": {"enabled": train.precision == "bf16"},
         "fp16": {"enabled": train.precision == "fp16"},
+        # The engine's forward runs under torch.autocast; weights, gradients and AdamW stay fp32.
+        "torch_autocast": {"enabled": train.precision == "bf16-mixed", "dtype": "bfloat16"},
         # We pass torch's AdamW; DeepSpeed would otherwise insist on its own CPU Adam when offloading.
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10**9,  # we log progress ourselves

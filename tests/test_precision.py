@@ -1,0 +1,63 @@
+"""`train.precision=bf16-mixed`: DeepSpeed's engine runs the forward under bf16 autocast while the
+weights, their gradients and AdamW stay fp32. Built in-process on the tiny model, one rank."""
+
+import os
+
+import pytest
+import torch
+
+from ftedit.config import LoraConfig, TrainConfig
+from ftedit.loss import lm_loss
+from ftedit.model import load_causal_lm, prepare_trainable, trainable_parameters
+from ftedit.tokenize import IGNORE_INDEX, pack_batch
+from ftedit.train import deepspeed_config
+
+
+@pytest.fixture(scope="module")
+def single_rank():
+    """A one-rank process group, torn down afterwards with the environment it needed (later tests
+    start Ray, whose processes would inherit it)."""
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_RANK": "0", "LOCAL_SIZE": "1"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    yield deepspeed
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _engine(deepspeed, tiny_model, precision: str):
+    train = TrainConfig(precision=precision, batch_size=2, micro_batch_size=2, lr=1e-2)
+    model, _ = load_causal_lm(tiny_model)
+    model = prepare_trainable(model, train, LoraConfig(rank=4, alpha=8), seed=0)
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=train.lr)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(train))
+    return engine, params
+
+
+@pytest.mark.parametrize("precision, compute_dtype", [("fp32", torch.float32), ("bf16-mixed", torch.bfloat16)])
+def test_mixed_precision_computes_in_bf16_and_keeps_fp32_weights(single_rank, tiny_model, precision, compute_dtype):
+    engine, params = _engine(single_rank, tiny_model, precision)
+    batch = pack_batch([[5, 6, 7, 8, 9]] * 2, [[IGNORE_INDEX, IGNORE_INDEX, 7, 8, 9]] * 2, pad_id=0, row_length=16)
+    logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    assert logits.dtype == compute_dtype
+
+    before = [p.detach().clone() for p in params]
+    losses = []
+    for _ in range(3):
+        loss = lm_loss(engine, batch)
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    assert all(p.dtype == torch.float32 for p in params)
+    assert any(not torch.equal(b, p.detach()) for b, p in zip(before, params)), "no trainable weight moved"
+    assert losses[-1] < losses[0]
