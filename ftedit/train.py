@@ -47,6 +47,27 @@ def deepspeed_config(train: TrainConfig) -> dict:
     }
 
 
+def stale_build_locks(max_age_s: float = 600.0) -> list[Path]:
+    """Lock files of torch C++ extension builds (DeepSpeed's ops) older than `max_age_s`.
+
+    DeepSpeed JIT-compiles ops (on CPU, its shared-memory allreduce) through torch, which holds a
+    `lock` file in the op's build folder while compiling and waits, without a timeout, for any
+    lock it finds. A build killed midway leaves its lock behind, and every later run then hangs
+    at `deepspeed.initialize`. No build takes this long, so an old lock is a leftover.
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    stale = []
+    for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
+        try:
+            if time.time() - lock.stat().st_mtime > max_age_s:
+                stale.append(lock)
+        except FileNotFoundError:  # a build just finished and released it
+            pass
+    return sorted(stale)
+
+
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -109,6 +130,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
 
+    for lock in stale_build_locks():
+        log.warning("%s was left by an interrupted op build, and DeepSpeed will wait on it for ever: "
+                    "if nothing is compiling, delete the folder %s", lock, lock.parent)
     ds_config = deepspeed_config(train)
     # ZeRO-3: transformers sees this live config during from_pretrained and builds the model under
     # deepspeed.zero.Init, each worker holding only its share of the weights: a 70B model never

@@ -1,7 +1,9 @@
-"""`train.precision=bf16-mixed`: DeepSpeed's engine runs the forward under bf16 autocast while the
-weights, their gradients and AdamW stay fp32. Built in-process on the tiny model, one rank."""
+"""The DeepSpeed engine as the train loop sets it up, built in-process on the tiny model, one rank:
+`train.precision=bf16-mixed` computes in bf16 and keeps fp32 weights; leftover op-build locks are
+found before they hang a run."""
 
 import os
+import time
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from ftedit.config import LoraConfig, TrainConfig
 from ftedit.loss import lm_loss
 from ftedit.model import load_causal_lm, prepare_trainable, trainable_parameters
 from ftedit.tokenize import IGNORE_INDEX, pack_batch
-from ftedit.train import deepspeed_config
+from ftedit.train import deepspeed_config, stale_build_locks
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +63,17 @@ def test_mixed_precision_computes_in_bf16_and_keeps_fp32_weights(single_rank, ti
     assert all(p.dtype == torch.float32 for p in params)
     assert any(not torch.equal(b, p.detach()) for b, p in zip(before, params)), "no trainable weight moved"
     assert losses[-1] < losses[0]
+
+
+def test_stale_build_locks_finds_the_old_leftovers_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    hour_ago = time.time() - 3600
+    locks = {name: tmp_path / name / "lock" for name in ("deepspeed_shm_comm", "py311_cpu/fused_adam", "py311_cpu/cpu_adam")}
+    for lock in locks.values():
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    for name in ("deepspeed_shm_comm", "py311_cpu/fused_adam"):
+        os.utime(locks[name], (hour_ago, hour_ago))
+    # The fresh lock may belong to a build running now: it is not reported.
+    assert stale_build_locks() == sorted([locks["deepspeed_shm_comm"], locks["py311_cpu/fused_adam"]])
+    assert stale_build_locks(max_age_s=7200) == []
