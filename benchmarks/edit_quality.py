@@ -37,9 +37,9 @@ def machine() -> str:
 
 def render_table() -> str:
     rows = [
-        "| config | edits | before ES / PS / NS / score | after ES / PS / NS / score | fluency before -> after "
-        "| wall (s) | train tokens/s | machine | date |",
-        "|---|---:|---|---|---|---:|---:|---|---|",
+        "| config | edits | precision | before ES / PS / NS / score | after ES / PS / NS / score "
+        "| fluency before -> after | wall (s) | train tokens/s | machine | date |",
+        "|---|---:|---|---|---|---|---:|---:|---|---|",
     ]
     for path in sorted(RESULTS.glob("*.json")):
         r = json.loads(path.read_text())
@@ -50,7 +50,8 @@ def render_table() -> str:
         fluency = (f"{r['before']['fluency']:.0f} -> {r['after']['fluency']:.0f}"
                    if r["before"].get("fluency") is not None else "-")
         rows.append(
-            f"| `{r['config']}` | {r['n_edits']} | {fmt('before')} | {fmt('after')} | {fluency} | {r['wall_seconds']:.0f} "
+            f"| `{r['config']}` | {r['n_edits']} | {r['resolved_config']['train']['precision']} | {fmt('before')} "
+            f"| {fmt('after')} | {fluency} | {r['wall_seconds']:.0f} "
             f"| {r['train_tokens_per_s']:.0f} | {r['machine']} | {r['date']} |"
         )
     return "\n".join(rows)
