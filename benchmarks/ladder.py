@@ -120,6 +120,8 @@ def plot(rows: list[dict], path: Path) -> None:
                 series = [unedited] + [r for m in METHODS[1:] for r in mine
                                        if r["n_edits"] == n and r["tuning"] == tuning and r["method"] == m]
                 series = [r for r in series if r is not None]
+                if not any(r["method"] != "unedited" for r in series):
+                    continue  # no rung of this tuning at this size yet: no lone unedited point
                 x = [METHODS.index(r["method"]) for r in series]
                 for ax, metric in zip(axes[d], ("edit_score", "fluency")):
                     y = [r[metric] if r[metric] is not None else float("nan") for r in series]
