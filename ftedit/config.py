@@ -161,8 +161,9 @@ class TrainConfig:
     """ZeRO-3 only: keep parameters in CPU memory."""
     precision: Literal["fp32", "bf16-mixed", "bf16", "fp16"] = "fp32"
     """`fp32`; `bf16-mixed`: fp32 weights and optimizer, matmuls in bf16 under torch.autocast
-    (DeepSpeed's `torch_autocast`), fast on GPUs and on CPUs with AMX (about 1.7x on this
-    benchmark's 2-core Sapphire Rapids VM); `bf16`/`fp16`: DeepSpeed's half-precision engine,
+    (DeepSpeed's `torch_autocast`; with several workers it reduces the linear layers' gradients
+    in bf16), fast on GPUs and on CPUs with AMX (the CounterFact benchmark job trains about 1.3x
+    faster than in fp32 on a 2-core AMX VM); `bf16`/`fp16`: DeepSpeed's half-precision engine,
     weights in 16 bits with fp32 master copies (GPUs)."""
     log_every: int = 10
     """Print loss, tokens/s and progress every N optimizer steps."""
