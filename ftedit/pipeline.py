@@ -167,11 +167,12 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     started = time.perf_counter()
     out_dir = Path(cfg.output.dir)
 
-    # 1. Inputs, all validated before anything is written or trained.
-    inputs = load_inputs(cfg)
-    source, kind = inputs.source, inputs.kind
+    # 1. Inputs, all validated before anything is written or trained. A taken run directory is
+    # refused first, before Ray starts: that mistake should cost the user seconds, not a minute.
     if out_dir.exists() and not cfg.output.overwrite:
         raise InputError(f"output.dir {out_dir} exists; pick another or set output.overwrite=true")
+    inputs = load_inputs(cfg)
+    source, kind = inputs.source, inputs.kind
 
     staging = staging_dir(out_dir)
     if staging.exists() and not _same_config(staging / "config.yaml", cfg):

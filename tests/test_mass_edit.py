@@ -100,6 +100,7 @@ def test_existing_output_dir_is_not_overwritten(tmp_path):
     (tmp_path / "r").mkdir()
     proc = run_job("--config", "configs/smoke.yaml", f"output.dir={tmp_path / 'r'}", timeout=120)
     assert proc.returncode == 2 and "output.overwrite=true" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr  # refused before any start-up cost
 
 
 def test_a_run_that_fails_midway_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
@@ -238,6 +239,8 @@ def test_job_submitted_to_a_cluster_with_one_worker_and_zero3_offload_gives_the_
     two = json.loads((smoke_run[0] / "summary.json").read_text())
     assert one["train"]["optimizer_steps"] == two["train"]["optimizer_steps"]
     assert one["after"]["efficacy"] == two["after"]["efficacy"] == 100.0
-    for key in ("efficacy", "generalization", "locality", "edit_score"):
+    # The parts of the edit score, not their harmonic mean: on 6 edits of a random model the
+    # neighbourhood score sits near 0, where one prompt (17 points) moves the mean from 0 to ~37.
+    for key in ("efficacy", "generalization", "locality"):
         assert one["after"][key] == pytest.approx(two["after"][key], abs=20), key
     assert one["after"]["em"] == pytest.approx(two["after"]["em"], abs=10)
