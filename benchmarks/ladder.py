@@ -10,9 +10,11 @@ Rungs (Gangadhar & Stratos, 2024), each a set of config overrides on the base co
   FT+M+P     + pseudo-paraphrases (model-generated prefixes)
   FT+M+P+R   + random unedited facts from the pool, kept at their answers
   FT+M+P+S   + similar unedited facts (nearest by sentence embedding) instead of random ones
-The augmentation counts come from the base config (its n_paraphrase and n_random; n_similar
-defaults to n_random); epochs, lr and batch stay those of the base config for every rung, so the
-budget is the same number of passes over each rung's examples. `--full` gives the overrides of
+The augmentation counts come from the base config: its n_paraphrase, and its unedited facts per
+edit (n_random + n_similar), which the R rung draws all at random and the S rung all by
+similarity, so the two rungs train on the same number of examples whatever mix the base config
+uses. Epochs, lr and batch stay those of the base config for every rung, so the budget is the
+same number of passes over each rung's examples. `--full` gives the overrides of
 the full fine-tuning rows (a whole-model lr is far below a LoRA lr).
 
 Every run is a real `run_mass_edit` (Ray Train + DeepSpeed), with fluency on. Rows go to
@@ -42,14 +44,15 @@ METHODS = ("unedited", "FT", "FT+M", "FT+M+P", "FT+M+P+R", "FT+M+P+S")
 KEY = ("dataset", "method", "tuning", "n_edits")
 
 
-def rung_overrides(method: str, n_paraphrase: int, n_random: int, n_similar: int) -> list[str]:
-    """Config overrides that turn the base config into one rung of the ladder."""
+def rung_overrides(method: str, n_paraphrase: int, n_unedited: int) -> list[str]:
+    """Config overrides that turn the base config into one rung of the ladder (`n_unedited`:
+    unedited facts per edit in the R and S rungs)."""
     augment = {
         "FT": (0, 0, 0),
         "FT+M": (0, 0, 0),
         "FT+M+P": (n_paraphrase, 0, 0),
-        "FT+M+P+R": (n_paraphrase, n_random, 0),
-        "FT+M+P+S": (n_paraphrase, 0, n_similar),
+        "FT+M+P+R": (n_paraphrase, n_unedited, 0),
+        "FT+M+P+S": (n_paraphrase, 0, n_unedited),
     }[method]
     mode = "full" if method == "FT" else "conditional"
     p, r, s = augment
@@ -155,7 +158,7 @@ def run_ladder(base: str, sizes: list[int], tunings: list[str], methods: list[st
     from ftedit.pipeline import run_mass_edit
 
     base_cfg = load_config(base, overrides)
-    n_similar = base_cfg.augment.n_similar or base_cfg.augment.n_random
+    n_unedited = base_cfg.augment.n_random + base_cfg.augment.n_similar
     dataset = Path(base).stem
     rows = []
     for n in sizes:
@@ -168,7 +171,7 @@ def run_ladder(base: str, sizes: list[int], tunings: list[str], methods: list[st
                     f"data.limit={n}",
                     f"train.tuning={tuning}",
                     *(full if tuning == "full" else []),
-                    *rung_overrides(method, base_cfg.augment.n_paraphrase, base_cfg.augment.n_random, n_similar),
+                    *rung_overrides(method, base_cfg.augment.n_paraphrase, n_unedited),
                     "eval.fluency_tokens=" + str(base_cfg.eval.fluency_tokens or 50),
                     f"output.dir={run_dir}",
                     "output.overwrite=true",

@@ -16,17 +16,28 @@ import torch
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def embed(texts: list[str], model, tokenizer, batch_size: int = 256) -> torch.Tensor:
-    """L2-normalized mean-pooled embeddings, one row per text."""
-    rows = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+    """L2-normalized mean-pooled embeddings, one row per text, in the order of `texts`.
+
+    Texts are batched by token length, so a batch pads to its own longest text rather than to
+    the longest of an arbitrary draw: on CounterFact's 10,000 fact prompts this embeds the pool
+    in 0.6x the time, with the same vectors (BENCHMARKS.md)."""
+    if not texts:
+        return torch.empty(0, 0)
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True)["input_ids"]]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    rows = None
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, return_tensors="pt")
         hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        rows.append(torch.nn.functional.normalize(pooled, dim=-1))
-    return torch.cat(rows) if rows else torch.empty(0, 0)
+        pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+        if rows is None:
+            rows = pooled.new_empty(len(texts), pooled.shape[-1])
+        rows[torch.tensor(chunk)] = pooled
+    return rows
 
 
 def nearest_facts(queries: list[str], pool_prompts: list[str], k: int, embedder_path: str) -> list[list[int]]:

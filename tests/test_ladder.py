@@ -14,12 +14,12 @@ from ladder import merge_rows, run_ladder, rung_overrides  # noqa: E402
 
 
 def test_each_rung_adds_one_ingredient():
-    assert rung_overrides("FT", 10, 10, 5) == [
+    assert rung_overrides("FT", 10, 6) == [
         "loss.mode=full", "augment.n_paraphrase=0", "augment.n_random=0", "augment.n_similar=0"]
-    assert rung_overrides("FT+M", 10, 10, 5)[0] == "loss.mode=conditional"
-    assert rung_overrides("FT+M+P", 10, 10, 5)[1:] == ["augment.n_paraphrase=10", "augment.n_random=0", "augment.n_similar=0"]
-    assert rung_overrides("FT+M+P+R", 10, 10, 5)[1:] == ["augment.n_paraphrase=10", "augment.n_random=10", "augment.n_similar=0"]
-    assert rung_overrides("FT+M+P+S", 10, 10, 5)[1:] == ["augment.n_paraphrase=10", "augment.n_random=0", "augment.n_similar=5"]
+    assert rung_overrides("FT+M", 10, 6)[0] == "loss.mode=conditional"
+    assert rung_overrides("FT+M+P", 10, 6)[1:] == ["augment.n_paraphrase=10", "augment.n_random=0", "augment.n_similar=0"]
+    assert rung_overrides("FT+M+P+R", 10, 6)[1:] == ["augment.n_paraphrase=10", "augment.n_random=6", "augment.n_similar=0"]
+    assert rung_overrides("FT+M+P+S", 10, 6)[1:] == ["augment.n_paraphrase=10", "augment.n_random=0", "augment.n_similar=6"]
 
 
 def test_new_rows_replace_rows_of_the_same_setting():

@@ -2,9 +2,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from ftedit.requests import EditRequest
-from ftedit.similarity import SimilarFacts, nearest_facts
+from ftedit.similarity import SimilarFacts, embed, nearest_facts
 
 POOL = ["The capital of Spain is", "Toyota is a car company from", "The capital of France is", "Apples are"]
 
@@ -13,6 +14,20 @@ def test_an_identical_prompt_is_its_own_nearest_fact(tiny_embedder):
     neighbours = nearest_facts(["The capital of France is", "Toyota is a car company from"], POOL, 2, str(tiny_embedder))
     assert [n[0] for n in neighbours] == [2, 1]
     assert all(len(n) == 2 and len(set(n)) == 2 for n in neighbours)
+
+
+def test_length_sorted_batches_give_each_text_its_own_embedding_in_input_order(tiny_embedder):
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_embedder), AutoModel.from_pretrained(tiny_embedder).eval()
+    # Lengths interleaved so that sorting reorders them and batches of 2 mix short and long ones.
+    texts = ["a much longer prompt about the capital city of a country", "Apples are",
+             "Toyota is a car company from", "x", "The capital of Spain is"]
+    together = embed(texts, model, tokenizer, batch_size=2)
+    alone = torch.cat([embed([text], model, tokenizer) for text in texts])
+    assert together.shape == (5, 32)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together.norm(dim=-1), torch.ones(5))
 
 
 def test_k_zero_or_empty_pool_gives_no_neighbours(tiny_embedder):
