@@ -35,11 +35,18 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def locality_mix(augment: dict) -> str:
+    """The run's unedited facts per edit, e.g. "5 random + 5 similar" (rows differ in it while the
+    config label alone may not show it: the config's default changed over time)."""
+    parts = [f"{augment[key]} {kind}" for key, kind in (("n_random", "random"), ("n_similar", "similar")) if augment[key]]
+    return " + ".join(parts) or "none"
+
+
 def render_table() -> str:
     rows = [
-        "| config | edits | precision | before ES / PS / NS / score | after ES / PS / NS / score "
-        "| fluency before -> after | wall (s) | train tokens/s | machine | date |",
-        "|---|---:|---|---|---|---|---:|---:|---|---|",
+        "| config | edits | precision | unedited facts per edit | before ES / PS / NS / score "
+        "| after ES / PS / NS / score | fluency before -> after | wall (s) | train tokens/s | machine | date |",
+        "|---|---:|---|---|---|---|---|---:|---:|---|---|",
     ]
     for path in sorted(RESULTS.glob("*.json")):
         r = json.loads(path.read_text())
@@ -50,7 +57,8 @@ def render_table() -> str:
         fluency = (f"{r['before']['fluency']:.0f} -> {r['after']['fluency']:.0f}"
                    if r["before"].get("fluency") is not None else "-")
         rows.append(
-            f"| `{r['config']}` | {r['n_edits']} | {r['resolved_config']['train']['precision']} | {fmt('before')} "
+            f"| `{r['config']}` | {r['n_edits']} | {r['resolved_config']['train']['precision']} "
+            f"| {locality_mix(r['resolved_config']['augment'])} | {fmt('before')} "
             f"| {fmt('after')} | {fluency} | {r['wall_seconds']:.0f} "
             f"| {r['train_tokens_per_s']:.0f} | {r['machine']} | {r['date']} |"
         )
