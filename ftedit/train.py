@@ -291,6 +291,12 @@ def _save_from_engine(engine, out_dir: Path, train: TrainConfig, rank: int) -> N
         save_trained(model, out_dir, train.tuning)
 
 
+def worker_runtime_env(train) -> dict | None:
+    """Ray runtime env of the training workers: `train.worker_env` on top of the job's own (Ray
+    merges env_vars with the job's and inherits its working_dir); None leaves it untouched."""
+    return {"env_vars": {k: str(v) for k, v in train.worker_env.items()}} if train.worker_env else None
+
+
 def fit(cfg: RunConfig, model_path: Path, dataset, n_examples: int, storage_dir: Path,
         probe: list | None = None, metric_kind: str = "counterfact", callbacks: list | tuple = ()):
     """Run the train loop on Ray Train workers; returns (final checkpoint, metrics).
@@ -327,6 +333,7 @@ def fit(cfg: RunConfig, model_path: Path, dataset, n_examples: int, storage_dir:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             callbacks=list(callbacks),
+            worker_runtime_env=worker_runtime_env(train),
         ),
     )
     result = trainer.fit()

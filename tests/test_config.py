@@ -50,6 +50,8 @@ def test_int_accepted_for_float_but_bool_not_for_int(tmp_path):
         ("data.limit=0", "data.limit"),
         ("train.layers=[0, -1]", "train.layers"),
         ("lora.dropout=1.5", "lora.dropout"),
+        ("train.worker_env=[GOMP_SPINCOUNT]", "train.worker_env"),  # not a mapping
+        ("train.worker_env={NCCL_DEBUG: [INFO]}", "train.worker_env.NCCL_DEBUG"),
     ],
 )
 def test_bad_values_name_the_dotted_key(override, key):
@@ -103,3 +105,11 @@ def test_run_name_follows_the_config_so_only_the_same_job_resumes():
     assert name.startswith("smoke-") and run_name(load_config(REPO / "configs" / "smoke.yaml")) == name
     assert run_name(load_config(REPO / "configs" / "smoke.yaml", ["output.overwrite=true"])) == name
     assert run_name(load_config(REPO / "configs" / "smoke.yaml", ["train.lr=1e-3"])) != name
+
+
+def test_worker_env_goes_to_the_training_workers_as_strings():
+    from ftedit.train import worker_runtime_env
+
+    cfg = load_config(None, ["train.worker_env={GOMP_SPINCOUNT: 300000, NCCL_DEBUG: INFO}"])
+    assert worker_runtime_env(cfg.train) == {"env_vars": {"GOMP_SPINCOUNT": "300000", "NCCL_DEBUG": "INFO"}}
+    assert worker_runtime_env(load_config(None).train) is None  # the job's runtime env untouched
