@@ -180,8 +180,8 @@ class TrainConfig:
     on a multi-node cluster, storage every node reaches (`s3://bucket/prefix` or a shared mount)."""
     worker_env: dict[str, str | int | float] = field(default_factory=dict)
     """Environment variables for the training worker processes alone (Ray Train's worker runtime
-    env; the rest of the cluster keeps its own), e.g. NCCL settings on GPU nodes, or OpenMP's
-    `GOMP_SPINCOUNT` on CPU workers, whose train loop runs in a side thread (BENCHMARKS.md)."""
+    env; every other Ray process keeps its own), e.g. NCCL settings on GPU nodes. BENCHMARKS.md
+    tried `GOMP_SPINCOUNT` and `RAY_worker_niceness: 0` on CPU workers: neither helped there."""
 
     def __post_init__(self):
         _require(self.num_workers > 0, "num_workers", f"must be > 0, got {self.num_workers}")

@@ -292,8 +292,9 @@ def _save_from_engine(engine, out_dir: Path, train: TrainConfig, rank: int) -> N
 
 
 def worker_runtime_env(train) -> dict | None:
-    """Ray runtime env of the training workers: `train.worker_env` on top of the job's own (Ray
-    merges env_vars with the job's and inherits its working_dir); None leaves it untouched."""
+    """Ray Train's worker runtime env: `train.worker_env` as strings. Ray Train adds these to the
+    env vars it passes its workers anyway, so the job's own runtime env still applies; None when
+    the config sets none."""
     return {"env_vars": {k: str(v) for k, v in train.worker_env.items()}} if train.worker_env else None
 
 
