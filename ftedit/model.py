@@ -18,10 +18,12 @@ TRAINED_WEIGHTS = "trained_weights.safetensors"  # full fine-tuning: the trained
 TUNING_FILE = "tuning.json"
 
 
-def load_causal_lm(path: str | Path, dtype: str = "float32"):
+def load_causal_lm(path: str | Path, dtype: str = "float32", attention: str | None = None):
+    """Model and tokenizer from a local checkpoint; `attention`: transformers' attn_implementation
+    (None: its default)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation=attention)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
 
@@ -94,6 +96,37 @@ def prepare_trainable(model, train: TrainConfig, lora: LoraConfig, seed: int):
     for index in chosen:
         layers[index].requires_grad_(True)
     return model
+
+
+def prepare_for_autocast(model, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Spare autocast the casts it would repeat on every step; training computes exactly the same.
+
+    Under autocast a linear layer casts its fp32 weight to `dtype` on every forward, and peft's
+    LoRA layers cast their input up to fp32 before the adapter, which autocast then casts down
+    again. For frozen weights the first cast always gives the same tensor, and the round trip is
+    lossless, so this holds frozen linear weights in `dtype` once and switches the LoRA input
+    cast off: the loss and gradients stay bit for bit the same (tests/test_model.py) and the
+    CounterFact benchmark step runs about 1.3x faster on CPU. Trainable weights, the optimizer,
+    norms and embeddings stay fp32; a weight shared with another module (an output layer tied
+    to the embeddings) is left alone, since the other module does not run under autocast's cast.
+    Forwards outside autocast then need it too (the worker's probe scoring uses it).
+    Returns how many weights were cast. Not for ZeRO-3, which owns the parameters' storage.
+    """
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    cast = 0
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):  # a peft tuner layer (LoRA)
+            module.cast_input_dtype_enabled = False
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad and p.is_floating_point() and p.dtype != dtype and owners[id(p)] == 1:
+                p.data = p.data.to(dtype)
+                cast += 1
+    return cast
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

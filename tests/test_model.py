@@ -3,7 +3,10 @@ import torch
 
 from ftedit.assets import resolve_model_path
 from ftedit.config import LoraConfig, TrainConfig
-from ftedit.model import decoder_layers, load_causal_lm, load_edited, prepare_trainable, save_trained
+from ftedit.loss import lm_loss
+from ftedit.model import (decoder_layers, load_causal_lm, load_edited, prepare_for_autocast, prepare_trainable,
+                          save_trained)
+from ftedit.tokenize import IGNORE_INDEX, pack_batch
 
 
 def logits(model, ids):
@@ -55,6 +58,44 @@ def test_saved_weights_reload_into_an_equivalent_plain_model(tiny_model, tmp_pat
     assert torch.allclose(logits(edited, IDS), expected, atol=1e-4)
     base, _ = load_causal_lm(tiny_model)
     assert not torch.allclose(logits(base, IDS), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_prepare_for_autocast_changes_no_loss_or_gradient_bit(tiny_model, tuning):
+    """Frozen linear weights held in bf16 and no LoRA input up-cast: under autocast the loss and
+    every gradient are identical to the plain fp32 model's, step after step."""
+    ids = [[5, 17, 42, 99, 3, 8], [7, 7, 21, 64], [30, 31, 32, 33, 34]]
+    labels = [[IGNORE_INDEX] * 3 + row[3:] for row in ids]
+    batch = pack_batch(ids, labels, pad_id=0, row_length=8)
+
+    def two_steps(prepare: bool):
+        model, _ = load_causal_lm(tiny_model)
+        model = prepare_trainable(model, TrainConfig(tuning=tuning, layers=[1]), LoraConfig(rank=4), seed=0)
+        n_cast = prepare_for_autocast(model) if prepare else 0
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-2)
+        out = []
+        for _ in range(2):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = lm_loss(model, batch)
+            loss.backward()
+            out.append((loss.detach(), [p.grad.clone() for p in params]))
+            optimizer.step()
+            optimizer.zero_grad()
+        return model, n_cast, out
+
+    plain_model, _, plain = two_steps(prepare=False)
+    model, n_cast, prepared = two_steps(prepare=True)
+    for (loss_a, grads_a), (loss_b, grads_b) in zip(plain, prepared):
+        assert torch.equal(loss_a, loss_b)
+        assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    frozen_linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                     and not m.weight.requires_grad and "lm_head" not in n]
+    assert n_cast == len(frozen_linear) > 0 and all(dtypes[f"{n}.weight"] == torch.bfloat16 for n in frozen_linear)
+    assert all(dtypes[n] == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "embed" in n or "norm" in n)
+    assert all(p.dtype == torch.float32 for p in plain_model.parameters())
 
 
 def test_resolve_model_path_rejects_non_checkpoints(tmp_path):

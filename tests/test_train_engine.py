@@ -10,7 +10,7 @@ import torch
 
 from ftedit.config import LoraConfig, TrainConfig
 from ftedit.loss import lm_loss
-from ftedit.model import load_causal_lm, prepare_trainable, trainable_parameters
+from ftedit.model import load_causal_lm, prepare_for_autocast, prepare_trainable, trainable_parameters
 from ftedit.tokenize import IGNORE_INDEX, pack_batch
 from ftedit.train import deepspeed_config, stale_build_locks
 
@@ -40,6 +40,8 @@ def _engine(deepspeed, tiny_model, precision: str):
     train = TrainConfig(precision=precision, batch_size=2, micro_batch_size=2, lr=1e-2)
     model, _ = load_causal_lm(tiny_model)
     model = prepare_trainable(model, train, LoraConfig(rank=4, alpha=8), seed=0)
+    if precision == "bf16-mixed":
+        assert prepare_for_autocast(model) > 0  # as the train loop does: frozen linears in bf16
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=train.lr)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(train))
