@@ -1,0 +1,146 @@
+"""Where a training step's time goes: the plain PyTorch step (no Ray, no DeepSpeed) of a config's
+model and LoRA, on packed micro-batches shaped like the CounterFact benchmark's, with and without
+each speed setting of bf16-mixed training:
+
+- `train.attention`: transformers' SDPA against eager attention;
+- `prepare_for_autocast` (what the train loop does under bf16-mixed): frozen linear weights
+  held in bf16, no LoRA input up-cast. It changes no loss or gradient bit (tests/test_model.py).
+
+    python benchmarks/step_profile.py --config configs/bench-counterfact-smollm2.yaml [--repeats 3] [--ops] [key=value ...]
+
+Variants are measured in alternation, `--repeats` times each, and reported by their median; the
+batches are random tokens with the benchmark's lengths (prompt 9-18 tokens with its prefix,
+target 1-4, 32 examples per micro-batch: about 500 tokens). `--ops` also prints the top
+operators of one profiled step per variant (torch.profiler). Writes
+benchmarks/results/step_profile.json. Run it on an otherwise idle machine.
+"""
+
+import argparse
+import datetime
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.edit_quality import machine  # noqa: E402
+from ftedit.config import load_config  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+VARIANTS = [("sdpa", False), ("sdpa", True), ("eager", False), ("eager", True)]
+
+
+def benchmark_batches(n: int, train, pad_id: int, vocab_size: int, seed: int = 0) -> list[dict]:
+    from ftedit.tokenize import IGNORE_INDEX, pack_batch
+
+    rng = random.Random(seed)
+    batches = []
+    for _ in range(n):
+        ids, labels = [], []
+        for _ in range(train.micro_batch_size):
+            prompt, target = rng.randint(9, 18), rng.randint(1, 4)
+            row = [rng.randrange(1, vocab_size) for _ in range(prompt + target)]
+            ids.append(row)
+            labels.append([IGNORE_INDEX] * prompt + row[prompt:])
+        batches.append(pack_batch(ids, labels, pad_id, train.pack_length))
+    return batches
+
+
+def measure(cfg, model_path, attention: str, prepare: bool, batches: list[dict], ops: bool) -> dict:
+    """Tokens/s of the optimizer steps over `batches` (the first two warm up, untimed)."""
+    import torch
+
+    from ftedit.loss import lm_loss
+    from ftedit.model import load_causal_lm, prepare_for_autocast, prepare_trainable, trainable_parameters
+
+    model, _ = load_causal_lm(model_path, cfg.model.dtype, attention)
+    model = prepare_trainable(model, cfg.train, cfg.lora, cfg.seed)
+    if prepare:
+        prepare_for_autocast(model)
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr)
+    model.train()
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = lm_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for batch in batches[:2]:
+        step(batch)
+    started = time.perf_counter()
+    for batch in batches[2:]:
+        step(batch)
+    seconds = time.perf_counter() - started
+    tokens = sum(int((b["example"] >= 0).sum()) for b in batches[2:])
+    result = {"tokens_per_s": tokens / seconds, "seconds_per_step": seconds / (len(batches) - 2)}
+    if ops:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(batches[0])
+        print(f"\n## {attention}, prepare_for_autocast={prepare}\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    return result
+
+
+def render_table(result: dict) -> str:
+    base = result["variants"][0]["tokens_per_s"]
+    lines = ["| attention | frozen linears in bf16, no LoRA input cast | tokens/s (median) | runs | vs first row |",
+             "|---|---|---:|---|---:|"]
+    for v in result["variants"]:
+        runs = " / ".join(f"{t:.0f}" for t in v["runs"])
+        lines.append(f"| {v['attention']} | {'yes' if v['prepare'] else 'no'} | {v['tokens_per_s']:.0f} | {runs} | "
+                     f"{v['tokens_per_s'] / base:.2f}x |")
+    lines.append(f"\n{result['steps']} timed steps of ~{result['tokens_per_step']:.0f} tokens per run, bf16-mixed, "
+                 f"{result['machine']}, {result['date']}. Command: `{result['command']}`")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ops", action="store_true", help="print the top operators of each variant")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    import torch
+
+    from ftedit.assets import resolve_model_path
+    from ftedit.model import load_causal_lm, pad_token_id
+
+    cfg = load_config(args.config, args.overrides)
+    torch.set_num_threads(cfg.train.torch_threads or torch.get_num_threads())
+    model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
+    _, tokenizer = load_causal_lm(model_path, cfg.model.dtype)
+    batches = benchmark_batches(args.steps + 2, cfg.train, pad_token_id(tokenizer), len(tokenizer), cfg.seed)
+    runs: dict = {variant: [] for variant in VARIANTS}
+    for repeat in range(args.repeats):
+        for attention, prepare in VARIANTS:
+            r = measure(cfg, model_path, attention, prepare, batches, args.ops and repeat == 0)
+            runs[(attention, prepare)].append(r["tokens_per_s"])
+            print(f"{attention:6s} prepare={prepare!s:5s} run {repeat + 1}: {r['tokens_per_s']:.0f} tokens/s", flush=True)
+    result = {
+        "command": " ".join(["python benchmarks/step_profile.py", *sys.argv[1:]]),
+        "steps": args.steps,
+        "tokens_per_step": sum(int((b["example"] >= 0).sum()) for b in batches[2:]) / args.steps,
+        "variants": [{"attention": a, "prepare": p, "runs": runs[(a, p)],
+                      "tokens_per_s": statistics.median(runs[(a, p)])} for a, p in VARIANTS],
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "step_profile.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(render_table(result))
+
+
+if __name__ == "__main__":
+    main()
