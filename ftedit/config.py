@@ -168,9 +168,10 @@ class TrainConfig:
     attention: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = None
     """Attention kernel the training workers build the model with (transformers'
     `attn_implementation`); null = transformers' default (SDPA). On CPU under bf16-mixed, torch's
-    SDPA backward is slow for short packed rows and `eager` trains the CounterFact benchmark about
-    1.3x faster; in fp32 the two are level. Evaluation keeps the default, whose fp32 forward is
-    the faster one there. Flash kernels need GPUs (and the flash-attn package)."""
+    SDPA backward is slow for short packed rows and `eager` runs the CounterFact benchmark's
+    step 1.1-1.2x faster (BENCHMARKS.md); in fp32 the two are level. Evaluation keeps the
+    default, whose fp32 forward is the faster one there. Flash kernels need GPUs (and the
+    flash-attn package)."""
     log_every: int = 10
     """Print loss, tokens/s and progress every N optimizer steps."""
     checkpoint_every_epochs: int = 1

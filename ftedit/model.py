@@ -105,12 +105,14 @@ def prepare_for_autocast(model, dtype: torch.dtype = torch.bfloat16) -> int:
     LoRA layers cast their input up to fp32 before the adapter, which autocast then casts down
     again. For frozen weights the first cast always gives the same tensor, and the round trip is
     lossless, so this holds frozen linear weights in `dtype` once and switches the LoRA input
-    cast off: the loss and gradients stay bit for bit the same (tests/test_model.py) and the
-    CounterFact benchmark step runs about 1.3x faster on CPU. Trainable weights, the optimizer,
-    norms and embeddings stay fp32; a weight shared with another module (an output layer tied
-    to the embeddings) is left alone, since the other module does not run under autocast's cast.
-    Forwards outside autocast then need it too (the worker's probe scoring uses it).
-    Returns how many weights were cast. Not for ZeRO-3, which owns the parameters' storage.
+    cast off: the loss and gradients stay bit for bit the same (tests/test_model.py). A profile
+    of the CounterFact benchmark's step on CPU put these casts at 12-14% of its time; timed, the
+    gain is about 1.1x and at times within the machine's noise (BENCHMARKS.md). Trainable
+    weights, the optimizer, norms and embeddings stay fp32; a weight shared with another module
+    (an output layer tied to the embeddings) is left alone, since the other module does not go
+    through autocast's cast. Forwards outside autocast then need autocast too (the worker's
+    probe scoring enters it). Returns how many weights were cast. Not for ZeRO-3, which owns
+    the parameters' storage.
     """
     owners: dict[int, int] = {}
     for module in model.modules():

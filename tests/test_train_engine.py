@@ -79,3 +79,26 @@ def test_stale_build_locks_finds_the_old_leftovers_only(tmp_path, monkeypatch):
     # The fresh lock may belong to a build running now: it is not reported.
     assert stale_build_locks() == sorted([locks["deepspeed_shm_comm"], locks["py311_cpu/fused_adam"]])
     assert stale_build_locks(max_age_s=7200) == []
+
+
+def test_probe_scoring_runs_on_a_model_prepared_for_autocast(tiny_model):
+    """Under bf16-mixed the worker holds frozen weights in bf16; the per-epoch probe must score
+    that model (under autocast) rather than fail on fp32 inputs meeting bf16 weights."""
+    from types import SimpleNamespace
+
+    from ftedit.config import RunConfig, from_dict
+    from ftedit.requests import EditRequest
+    from ftedit.train import _probe_metrics
+
+    cfg = from_dict(RunConfig, {"train": {"precision": "bf16-mixed"}})
+    model, tokenizer = load_causal_lm(tiny_model)
+    model = prepare_trainable(model, cfg.train, LoraConfig(rank=4), seed=0)
+    assert prepare_for_autocast(model) > 0
+    engine = SimpleNamespace(module=model, device=torch.device("cpu"), train=model.train)
+    probe = [EditRequest("a", "The capital of France is", "France", "Rome", "Paris",
+                         paraphrases=("France's capital city is called",),
+                         neighbourhood=("The Louvre is in the city of",))]
+    metrics = _probe_metrics(engine, tokenizer, probe, {"metric_kind": "counterfact"}, cfg, rank=0)
+    assert {"probe_efficacy", "probe_generalization", "probe_locality", "probe_edit_score"} <= set(metrics)
+    with pytest.raises(RuntimeError):  # the same scoring without autocast cannot run on it
+        _probe_metrics(engine, tokenizer, probe, {"metric_kind": "counterfact"}, from_dict(RunConfig, {}), rank=0)
