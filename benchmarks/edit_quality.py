@@ -42,9 +42,15 @@ def locality_mix(augment: dict) -> str:
     return " + ".join(parts) or "none"
 
 
+def training_numerics(train: dict) -> str:
+    """e.g. "bf16-mixed, eager". Runs from before `train.attention` existed used transformers'
+    default, SDPA."""
+    return f"{train['precision']}, {train.get('attention') or 'sdpa'}"
+
+
 def render_table() -> str:
     rows = [
-        "| config | edits | precision | unedited facts per edit | before ES / PS / NS / score "
+        "| config | edits | precision, training attention | unedited facts per edit | before ES / PS / NS / score "
         "| after ES / PS / NS / score | fluency before -> after | wall (s) | train tokens/s | machine | date |",
         "|---|---:|---|---|---|---|---|---:|---:|---|---|",
     ]
@@ -57,7 +63,7 @@ def render_table() -> str:
         fluency = (f"{r['before']['fluency']:.0f} -> {r['after']['fluency']:.0f}"
                    if r["before"].get("fluency") is not None else "-")
         rows.append(
-            f"| `{r['config']}` | {r['n_edits']} | {r['resolved_config']['train']['precision']} "
+            f"| `{r['config']}` | {r['n_edits']} | {training_numerics(r['resolved_config']['train'])} "
             f"| {locality_mix(r['resolved_config']['augment'])} | {fmt('before')} "
             f"| {fmt('after')} | {fluency} | {r['wall_seconds']:.0f} "
             f"| {r['train_tokens_per_s']:.0f} | {r['machine']} | {r['date']} |"

@@ -12,7 +12,8 @@ Variants are measured in alternation, `--repeats` times each, and reported by th
 batches are random tokens with the benchmark's lengths (prompt 9-18 tokens with its prefix,
 target 1-4, 32 examples per micro-batch: about 500 tokens). `--ops` also prints the top
 operators of one profiled step per variant (torch.profiler). Writes
-benchmarks/results/step_profile.json. Run it on an otherwise idle machine.
+benchmarks/results/step_profile.json and the table between the step-profile markers in
+BENCHMARKS.md. Run it on an otherwise idle machine.
 """
 
 import argparse
@@ -28,9 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.edit_quality import machine  # noqa: E402
+from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
+TABLE_START, TABLE_END = "<!-- step-profile:start -->", "<!-- step-profile:end -->"
 VARIANTS = [("sdpa", False), ("sdpa", True), ("eager", False), ("eager", True)]
 
 
@@ -103,6 +106,11 @@ def render_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def update_benchmarks_md(result: dict) -> None:
+    path = REPO / "BENCHMARKS.md"
+    path.write_text(replace_between(path.read_text(), TABLE_START, TABLE_END, render_table(result)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -139,6 +147,7 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "step_profile.json").write_text(json.dumps(result, indent=2) + "\n")
+    update_benchmarks_md(result)
     print(render_table(result))
 
 

@@ -1,0 +1,20 @@
+"""benchmarks/edit_quality.py: the columns that tell rows of the same config file apart."""
+
+import sys
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from edit_quality import locality_mix, training_numerics  # noqa: E402
+
+
+def test_rows_name_their_locality_mix():
+    assert locality_mix({"n_random": 5, "n_similar": 5}) == "5 random + 5 similar"
+    assert locality_mix({"n_random": 10, "n_similar": 0}) == "10 random"
+    assert locality_mix({"n_random": 0, "n_similar": 0}) == "none"
+
+
+def test_rows_name_precision_and_training_attention_sdpa_for_runs_before_the_key():
+    assert training_numerics({"precision": "bf16-mixed", "attention": "eager"}) == "bf16-mixed, eager"
+    assert training_numerics({"precision": "fp32", "attention": None}) == "fp32, sdpa"
+    assert training_numerics({"precision": "fp32"}) == "fp32, sdpa"  # resolved before the key existed
