@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 
 def replace_between(text: str, start_marker: str, end_marker: str, table: str) -> str:
     """`text` with whatever stands between the markers replaced by `table` (markers kept)."""
     start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
     return text[:start] + "\n" + table + "\n" + text[end:]
+
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+
+def publish(result: dict, json_path: Path, markers: tuple[str, str], table: str,
+            benchmarks_md: Path = BENCHMARKS_MD) -> None:
+    """Write a benchmark's result JSON and its table (into BENCHMARKS.md between `markers`, and
+    to stdout)."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    benchmarks_md.write_text(replace_between(benchmarks_md.read_text(), *markers, table))
+    print(table)

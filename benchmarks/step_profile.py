@@ -18,7 +18,6 @@ BENCHMARKS.md. Run it on an otherwise idle machine.
 
 import argparse
 import datetime
-import json
 import random
 import statistics
 import sys
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.edit_quality import machine  # noqa: E402
-from benchmarks.markdown_table import replace_between  # noqa: E402
+from benchmarks.markdown_table import publish  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -106,11 +105,6 @@ def render_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def update_benchmarks_md(result: dict) -> None:
-    path = REPO / "BENCHMARKS.md"
-    path.write_text(replace_between(path.read_text(), TABLE_START, TABLE_END, render_table(result)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -145,10 +139,7 @@ def main() -> None:
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "step_profile.json").write_text(json.dumps(result, indent=2) + "\n")
-    update_benchmarks_md(result)
-    print(render_table(result))
+    publish(result, RESULTS / "step_profile.json", (TABLE_START, TABLE_END), render_table(result))
 
 
 if __name__ == "__main__":

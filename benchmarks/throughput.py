@@ -18,7 +18,6 @@ BENCHMARKS.md. Run it on an otherwise idle machine: on 2 cores anything else run
 
 import argparse
 import datetime
-import json
 import logging
 import statistics
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.markdown_table import replace_between  # noqa: E402
+from benchmarks.markdown_table import publish  # noqa: E402
 from benchmarks.edit_quality import machine  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
@@ -152,11 +151,6 @@ def training_comparison(plain_runs: list[dict], ray_runs: list[dict]) -> dict:
     }
 
 
-def update_benchmarks_md(result: dict) -> None:
-    path = REPO / "BENCHMARKS.md"
-    path.write_text(replace_between(path.read_text(), TABLE_START, TABLE_END, render_table(result)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -209,10 +203,7 @@ def main() -> None:
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    update_benchmarks_md(result)
-    print(render_table(result))
+    publish(result, RESULTS / "throughput.json", (TABLE_START, TABLE_END), render_table(result))
 
 
 if __name__ == "__main__":

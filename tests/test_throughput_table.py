@@ -25,3 +25,17 @@ def test_the_table_shows_medians_ranges_and_each_pair():
     assert "| plain PyTorch training loop (1 process) | 180 | 160-200 | 1.00 | |" in table
     assert "| Ray Train + DeepSpeed ZeRO-2, 1 worker | 150 | 140-171 | 0.83 | >= 0.9 |" in table
     assert "each alternating pair: 0.94, 0.70, 0.95" in table
+
+
+def test_publish_writes_the_json_and_replaces_only_its_own_table(tmp_path, capsys):
+    import json
+
+    from benchmarks.markdown_table import publish
+
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("intro\n<!-- a:start -->\nold a\n<!-- a:end -->\n<!-- b:start -->\nold b\n<!-- b:end -->\n")
+    publish({"x": 1}, tmp_path / "results" / "a.json", ("<!-- a:start -->", "<!-- a:end -->"), "| new a |",
+            benchmarks_md=md)
+    assert json.loads((tmp_path / "results" / "a.json").read_text()) == {"x": 1}
+    assert md.read_text() == "intro\n<!-- a:start -->\n| new a |\n<!-- a:end -->\n<!-- b:start -->\nold b\n<!-- b:end -->\n"
+    assert "| new a |" in capsys.readouterr().out
