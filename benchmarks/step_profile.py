@@ -66,9 +66,10 @@ def measure(cfg, model_path, attention: str, prepare: bool, batches: list[dict],
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr)
     model.train()
+    device_type = next(model.parameters()).device.type  # where the loaded model lives
 
     def step(batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
             loss = lm_loss(model, batch)
         loss.backward()
         optimizer.step()
