@@ -117,13 +117,15 @@ def main() -> None:
 
     import torch
 
+    from transformers import AutoTokenizer
+
     from ftedit.assets import resolve_model_path
-    from ftedit.model import load_causal_lm, pad_token_id
+    from ftedit.model import pad_token_id
 
     cfg = load_config(args.config, args.overrides)
     torch.set_num_threads(cfg.train.torch_threads or torch.get_num_threads())
     model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
-    _, tokenizer = load_causal_lm(model_path, cfg.model.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)  # the batches need its ids, not the model
     batches = benchmark_batches(args.steps + 2, cfg.train, pad_token_id(tokenizer), len(tokenizer), cfg.seed)
     runs: dict = {variant: [] for variant in VARIANTS}
     for repeat in range(args.repeats):

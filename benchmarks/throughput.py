@@ -42,16 +42,14 @@ def plain_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
     import torch
 
     from ftedit.loss import lm_loss
-    from ftedit.model import load_causal_lm, pad_token_id, prepare_for_autocast, prepare_trainable, trainable_parameters
+    from ftedit.model import load_causal_lm, pad_token_id, prepare_for_training, trainable_parameters
     from ftedit.tokenize import pack_batch
     from ftedit.train import micro_batches
 
     train = cfg.train
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_causal_lm(model_path, cfg.model.dtype, train.attention)
-    model = prepare_trainable(model, train, cfg.lora, cfg.seed)
-    if train.precision == "bf16-mixed" and train.zero_stage < 3:
-        prepare_for_autocast(model)  # as the train loop does
+    model = prepare_for_training(model, train, cfg.lora, cfg.seed)  # as the train loop does
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
     pad = pad_token_id(tokenizer)

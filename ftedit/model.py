@@ -131,6 +131,16 @@ def prepare_for_autocast(model, dtype: torch.dtype = torch.bfloat16) -> int:
     return cast
 
 
+def prepare_for_training(model, train: TrainConfig, lora: LoraConfig, seed: int):
+    """What every training loop does to a loaded model: mark what trains (`prepare_trainable`)
+    and, under bf16-mixed with ZeRO 0-2, hold frozen weights in bf16 (`prepare_for_autocast`:
+    the same loss and gradients, without repeating casts each step)."""
+    model = prepare_trainable(model, train, lora, seed)
+    if train.precision == "bf16-mixed" and train.zero_stage < 3:
+        prepare_for_autocast(model)
+    return model
+
+
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 

@@ -116,7 +116,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from transformers.integrations import HfDeepSpeedConfig
 
     from ftedit.checkpoint import report_final, report_finished_again, report_resumable, restore
-    from ftedit.model import load_causal_lm, pad_token_id, prepare_for_autocast, prepare_trainable, trainable_parameters
+    from ftedit.model import load_causal_lm, pad_token_id, prepare_for_training, trainable_parameters
     from ftedit.requests import EditRequest
     from ftedit.loss import lm_loss
     from ftedit.tokenize import pack_batch
@@ -145,9 +145,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if zero3_loading is not None and rank == 0:
         loaded_partitioned = all(hasattr(p, "ds_id") for p in model.parameters())
         log.info("ZeRO-3: every weight built partitioned over %d worker(s) by zero.Init: %s", world, loaded_partitioned)
-    model = prepare_trainable(model, train, cfg.lora, cfg.seed)
-    if train.precision == "bf16-mixed" and train.zero_stage < 3:
-        prepare_for_autocast(model)  # same loss and gradients, without repeating casts each step
+    model = prepare_for_training(model, train, cfg.lora, cfg.seed)
     params = trainable_parameters(model)
     steps_per_epoch = optimizer_steps(loop_config["n_examples"], train)
     total_steps = steps_per_epoch * train.epochs
@@ -270,7 +268,8 @@ def _probe_metrics(engine, tokenizer, probe: list, loop_config: dict, cfg: RunCo
     started = time.perf_counter()
     settings = dataclasses.replace(cfg.eval, fluency_tokens=0)  # scores only: generation is slow
     # Scored in the training precision: under bf16-mixed the frozen weights are held in bf16.
-    with torch.autocast(torch.device(engine.device).type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16-mixed"):
+    mixed = cfg.train.precision == "bf16-mixed"
+    with torch.autocast(torch.device(engine.device).type, dtype=torch.bfloat16, enabled=mixed):
         summary = evaluate(engine.module, tokenizer, probe, loop_config["metric_kind"], settings).summary
     engine.train()
     keys = ("efficacy", "generalization", "locality", "edit_score")

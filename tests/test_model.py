@@ -4,8 +4,8 @@ import torch
 from ftedit.assets import resolve_model_path
 from ftedit.config import LoraConfig, TrainConfig
 from ftedit.loss import lm_loss
-from ftedit.model import (decoder_layers, load_causal_lm, load_edited, prepare_for_autocast, prepare_trainable,
-                          save_trained)
+from ftedit.model import (decoder_layers, load_causal_lm, load_edited, prepare_for_autocast, prepare_for_training,
+                          prepare_trainable, save_trained)
 from ftedit.tokenize import IGNORE_INDEX, pack_batch
 
 
@@ -96,6 +96,17 @@ def test_prepare_for_autocast_changes_no_loss_or_gradient_bit(tiny_model, tuning
     assert all(dtypes[n] == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "embed" in n or "norm" in n)
     assert all(p.dtype == torch.float32 for p in plain_model.parameters())
+
+
+@pytest.mark.parametrize("precision, zero_stage, holds_bf16", [
+    ("bf16-mixed", 2, True), ("bf16-mixed", 3, False), ("fp32", 2, False)])
+def test_training_holds_frozen_weights_in_bf16_only_under_bf16_mixed_without_zero3(
+        tiny_model, precision, zero_stage, holds_bf16):
+    model, _ = load_causal_lm(tiny_model)
+    model = prepare_for_training(model, TrainConfig(precision=precision, zero_stage=zero_stage), LoraConfig(rank=4), 0)
+    frozen = {p.dtype for n, p in model.named_parameters() if not p.requires_grad and "proj" in n}
+    assert frozen == ({torch.bfloat16} if holds_bf16 else {torch.float32})
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
 
 
 def test_resolve_model_path_rejects_non_checkpoints(tmp_path):
