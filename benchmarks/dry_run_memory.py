@@ -21,6 +21,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.cli import parse_args  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "dry_run_memory.json"
 START, END = "<!-- dry-run-memory:start -->", "<!-- dry-run-memory:end -->"
 PART = 10_000
@@ -51,7 +55,6 @@ def child(config: str, requests: str, overrides: list[str]) -> None:
     import logging
     import resource
 
-    sys.path.insert(0, str(REPO))
     from ftedit.config import load_config
     from ftedit.pipeline import plan_run
 
@@ -80,8 +83,8 @@ def main() -> int:
     parser.add_argument("--config", default="configs/bench-counterfact-smollm2.yaml")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "REQUESTS"), help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides for every run")
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides for every run, anywhere on the line")
+    args = parse_args(parser)
     if args.child:
         child(*args.child, args.overrides)
         return 0
@@ -106,7 +109,6 @@ def main() -> int:
     text = path.read_text()
     if START not in text:
         text += f"\n## Dry run of a big job: driver memory\n\n```bash\npython benchmarks/dry_run_memory.py\n```\n\n{START}\n{END}\n"
-    sys.path.insert(0, str(REPO))
     from benchmarks.markdown_table import replace_between
 
     path.write_text(replace_between(text, START, END, render_table(result)))

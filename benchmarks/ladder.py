@@ -35,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.cli import parse_args  # noqa: E402
 from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
@@ -186,7 +187,7 @@ def run_ladder(base: str, sizes: list[int], tunings: list[str], methods: list[st
     return rows
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="the base run config (dataset, model, budget)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100], help="numbers of edits edited together")
@@ -196,8 +197,18 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs/ladder", help="where each rung's run directory goes")
     parser.add_argument("--results", default=str(RESULTS), help="folder of ladder.json and ladder.png")
     parser.add_argument("--benchmarks-md", default=str(REPO / "BENCHMARKS.md"), help="the file whose ladder table is rebuilt")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every rung")
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value overrides applied to every rung, anywhere on the line (not after --full, "
+                             "whose own values are overrides)")
+    return parser
+
+
+def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    return parse_args(build_parser(), argv, override_options=["--full"])
+
+
+def main() -> None:
+    args = parse_command_line()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # A 300-edit ladder runs for hours: results, table and plot are rewritten after every rung.
     save = lambda rows: write_outputs(rows, Path(args.results), Path(args.benchmarks_md))  # noqa: E731

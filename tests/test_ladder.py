@@ -79,3 +79,20 @@ def test_a_ladder_rung_on_the_tiny_model_writes_rows_table_and_plot(tmp_path):
     text = md.read_text()
     assert "old" not in text and "| jsonl | 4 | FT+M+P+R | lora |" in text and text.endswith("after\n")
     assert (tmp_path / "ladder.png").stat().st_size > 10_000
+
+
+def test_every_ladder_command_in_the_docs_parses_with_its_overrides():
+    """The documented commands put overrides after `--methods`/`--tunings`; plain argparse gave
+    them to those lists and refused to start."""
+    import shlex
+
+    from ladder import METHODS, parse_command_line
+
+    commands = [line for doc in ("README.md", "BENCHMARKS.md") for line in (REPO / doc).read_text().splitlines()
+                if line.startswith("python benchmarks/ladder.py ")]
+    assert len(commands) >= 4
+    for command in commands:
+        tokens = shlex.split(command)[2:]
+        args = parse_command_line(tokens)
+        assert args.overrides == [t for t in tokens if "=" in t and not t.startswith("-")], command
+        assert set(args.methods) <= set(METHODS[1:]) and args.sizes, command
