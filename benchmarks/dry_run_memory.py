@@ -103,16 +103,13 @@ def main() -> int:
             print(f"  {runs[-1]['peak_rss_mb']:.0f} MB peak, {runs[-1]['wall_seconds']:.0f} s", file=sys.stderr)
     result = {"config": args.config, "overrides": args.overrides, "runs": runs,
               "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text()
-    if START not in text:
-        text += f"\n## Dry run of a big job: driver memory\n\n```bash\npython benchmarks/dry_run_memory.py\n```\n\n{START}\n{END}\n"
-    from benchmarks.markdown_table import replace_between
+    from benchmarks.markdown_table import BENCHMARKS_MD, publish
 
-    path.write_text(replace_between(text, START, END, render_table(result)))
-    print(render_table(result))
+    text = BENCHMARKS_MD.read_text()
+    if START not in text:  # first run: add the section the table lives in
+        BENCHMARKS_MD.write_text(text + "\n## Dry run of a big job: driver memory\n\n```bash\n"
+                                 f"python benchmarks/dry_run_memory.py\n```\n\n{START}\n{END}\n")
+    publish(result, RESULTS, (START, END), render_table(result))
     return 0
 
 
