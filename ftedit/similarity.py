@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 import torch
@@ -49,11 +50,19 @@ def nearest_facts(queries: list[str], pool_prompts: list[str], k: int, embedder_
 
 class SimilarFacts:
     """Ray Data stage: adds `similar` to request rows, the JSON list of the `k` pool facts
-    nearest to each request's prompt (best first). The pool is embedded once per actor."""
+    nearest to each request's prompt (best first). The pool is embedded once per actor.
 
-    def __init__(self, embedder_path: str, pool_prompts: list[str], k: int):
+    `all_cores`: run torch on all of this node's cores. Ray sets OMP_NUM_THREADS to the actor's
+    one CPU, and a lone actor embedding a big pool would leave the node's other cores idle while
+    every later stage waits for it. Off by default: called outside Ray, the caller's torch
+    threads are left alone.
+    """
+
+    def __init__(self, embedder_path: str, pool_prompts: list[str], k: int, all_cores: bool = False):
         from transformers import AutoModel, AutoTokenizer
 
+        if all_cores:
+            torch.set_num_threads(os.cpu_count() or 1)
         self.tokenizer = AutoTokenizer.from_pretrained(embedder_path)
         self.model = AutoModel.from_pretrained(embedder_path).eval()
         log.info("embedding %d pool facts for similar-fact augmentation", len(pool_prompts))
