@@ -101,7 +101,8 @@ def build_training_dataset(
         # on one core, in 0.55x the time on 2 cores (BENCHMARKS.md).
         ds = ds.map_batches(
             SimilarFacts,
-            fn_constructor_args=(embedder_path, [f.prompt for f in pool], cfg.augment.n_similar, True),
+            fn_constructor_args=(embedder_path, [f.prompt for f in pool], cfg.augment.n_similar),
+            fn_constructor_kwargs={"all_cores": True},
             batch_size=1024,
             concurrency=1,
         )
