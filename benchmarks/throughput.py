@@ -3,17 +3,22 @@
 1. training tokens/s of a plain single-process PyTorch loop (peft LoRA, torch AdamW) against
    the Ray Train + DeepSpeed path with 1 worker (`ftedit.train.fit`), whose start-up (Ray
    Train workers, model load, DeepSpeed initialisation, checkpointing) is reported separately;
+   between them, the same DeepSpeed engine (the config's ZeRO stage) driven in this process
+   without Ray Train, which splits the gap into what DeepSpeed costs and what the Ray Train
+   worker costs;
 2. scoring throughput of the evaluation (`score_probes`) against forward-only passes of the
    same model over the same packed rows.
 
-    python benchmarks/throughput.py --config configs/bench-counterfact-smollm2.yaml [--edits 30] [--repeats 3] [key=value ...]
+    python benchmarks/throughput.py --config configs/bench-counterfact-smollm2.yaml [--edits 30] [--repeats 3] [--output NAME] [key=value ...]
 
-The two training paths are measured in alternation (plain, Ray Train, plain, Ray Train, ...) and
-the ratio is that of the medians: on a small shared machine one measurement of each can differ by
-more than the 10% the bar allows, and alternating spreads slow spells over both paths.
+The training paths are measured in alternation (plain, DeepSpeed, Ray Train, plain, ...) and each
+ratio is that of the medians: on a small shared machine one measurement of each can differ by
+more than the 10% the bar allows, and alternating spreads slow spells over all paths.
 
-Writes benchmarks/results/throughput.json and the table between the throughput markers in
-BENCHMARKS.md. Run it on an otherwise idle machine: on 2 cores anything else running distorts it.
+Writes benchmarks/results/NAME.json and the table between the `<!-- NAME:start -->` and
+`<!-- NAME:end -->` markers in BENCHMARKS.md (NAME: `throughput` unless `--output` says otherwise,
+e.g. for the same measurement with another `train.zero_stage`). Run it on an otherwise idle
+machine: on 2 cores anything else running distorts it.
 """
 
 import argparse
@@ -28,12 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.markdown_table import publish  # noqa: E402
+from benchmarks.markdown_table import BENCHMARKS_MD, publish  # noqa: E402
 from benchmarks.edit_quality import machine  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-TABLE_START, TABLE_END = "<!-- throughput:start -->", "<!-- throughput:end -->"
 log = logging.getLogger("throughput")
 
 
@@ -73,6 +77,60 @@ def plain_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
+def deepspeed_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
+    """The plain loop's micro-batches through the train loop's DeepSpeed engine, in this process.
+
+    The same engine, ZeRO settings and step as `ftedit.train` (`deepspeed_config`), without Ray
+    Train: no worker process, no side thread, no Ray Data shard. Needs a torch.distributed group,
+    which `join_single_process_group` sets up once.
+    """
+    import deepspeed
+    import torch
+
+    from ftedit.loss import lm_loss
+    from ftedit.model import load_causal_lm, pad_token_id, prepare_for_training, trainable_parameters
+    from ftedit.tokenize import pack_batch
+    from ftedit.train import deepspeed_config, micro_batches
+
+    train = cfg.train
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_causal_lm(model_path, cfg.model.dtype, train.attention)
+    model = prepare_for_training(model, train, cfg.lora, cfg.seed)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=train.lr, weight_decay=train.weight_decay)
+    started = time.perf_counter()
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(train))
+    startup = time.perf_counter() - started
+    pad = pad_token_id(tokenizer)
+    engine.train()
+    tokens, started = 0, time.perf_counter()
+    for epoch in range(train.epochs):
+        for batch in micro_batches(dataset, train, cfg.seed * 1000 + epoch):
+            packed = pack_batch(batch["input_ids"], batch["labels"], pad, train.pack_length)
+            loss = lm_loss(engine, packed)  # the engine scales by gradient accumulation itself
+            engine.backward(loss)
+            engine.step()
+            loss.item()  # as the train loop logs it
+            tokens += int((packed["example"] >= 0).sum())
+    seconds = time.perf_counter() - started
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "startup_seconds": startup}
+
+
+def join_single_process_group() -> None:
+    """A one-process gloo group on a free local port, for the in-process DeepSpeed path."""
+    import os
+    import socket
+
+    import deepspeed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    deepspeed.init_distributed(dist_backend="gloo")
+
+
 def scoring_vs_forward(cfg, inputs, model, tokenizer) -> dict:
     """Evaluation scoring against bare forward passes over the same packed rows."""
     import torch
@@ -109,20 +167,27 @@ def _spread(runs: list[dict]) -> str:
     return f"{values[0]:.0f}-{values[-1]:.0f}" if len(values) > 1 else f"{values[0]:.0f}"
 
 
+def _pairs(ratios: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in ratios)
+
+
 def render_table(r: dict) -> str:
     n = len(r["plain_runs"])
     return "\n".join([
         f"| measurement | tokens/s (median of {n}) | range | ratio | bar |",
         "|---|---:|---:|---:|---|",
         f"| plain PyTorch training loop (1 process) | {r['plain']['tokens_per_s']:.0f} | {_spread(r['plain_runs'])} | 1.00 | |",
+        f"| DeepSpeed ZeRO-{r['zero_stage']} engine in the same process (no Ray Train) | "
+        f"{r['deepspeed']['tokens_per_s']:.0f} | {_spread(r['deepspeed_runs'])} | {r['deepspeed_ratio']:.2f} | |",
         f"| Ray Train + DeepSpeed ZeRO-{r['zero_stage']}, 1 worker | {r['ray']['tokens_per_s']:.0f} "
         f"| {_spread(r['ray_runs'])} | {r['train_ratio']:.2f} | >= 0.9 |",
         f"| forward-only passes over the evaluation's packed rows | {r['eval']['forward_tokens_per_s']:.0f} | | 1.00 | |",
         f"| evaluation scoring (`score_probes`) | {r['eval']['scoring_tokens_per_s']:.0f} | | {r['eval_ratio']:.2f} | >= 0.8 |",
         "",
-        f"Ray Train / plain ratio of each alternating pair: {', '.join(f'{x:.2f}' for x in r['pair_ratios'])}. "
-        f"Ray Train start-up (workers, model load, DeepSpeed init) and checkpointing: {r['ray']['startup_seconds']:.0f} s "
-        f"(median) outside the measured loop. {r['n_edits']} edits, {r['examples']} examples, {r['epochs']} epoch(s) "
+        f"Ratio to the plain loop in each alternating round: DeepSpeed in the same process {_pairs(r['deepspeed_pair_ratios'])}; "
+        f"Ray Train {_pairs(r['pair_ratios'])}. Outside the measured loops (medians): DeepSpeed initialisation "
+        f"{r['deepspeed']['startup_seconds']:.1f} s; Ray Train start-up (workers, model load, DeepSpeed init) and "
+        f"checkpointing {r['ray']['startup_seconds']:.0f} s. {r['n_edits']} edits, {r['examples']} examples, {r['epochs']} epoch(s) "
         f"per measurement; {r['machine']}; {r['date']}. Command: `{r['command']}`",
     ])
 
@@ -136,17 +201,37 @@ def median_run(runs: list[dict]) -> dict:
     return run
 
 
-def training_comparison(plain_runs: list[dict], ray_runs: list[dict]) -> dict:
-    """Both paths' runs, their median runs, each alternating pair's ratio and the ratio of medians."""
-    plain, ray = median_run(plain_runs), median_run(ray_runs)
+def training_comparison(plain_runs: list[dict], deepspeed_runs: list[dict], ray_runs: list[dict]) -> dict:
+    """Every path's runs, their median runs, each round's ratios to the plain loop and the ratios
+    of medians (`train_ratio`: Ray Train against the plain loop, the bar)."""
+    plain, deepspeed, ray = median_run(plain_runs), median_run(deepspeed_runs), median_run(ray_runs)
+
+    def pairs(runs):
+        return [r["tokens_per_s"] / p["tokens_per_s"] for p, r in zip(plain_runs, runs)]
+
     return {
         "plain": plain,
+        "deepspeed": deepspeed,
         "ray": ray,
         "plain_runs": plain_runs,
+        "deepspeed_runs": deepspeed_runs,
         "ray_runs": ray_runs,
-        "pair_ratios": [r["tokens_per_s"] / p["tokens_per_s"] for p, r in zip(plain_runs, ray_runs)],
+        "deepspeed_pair_ratios": pairs(deepspeed_runs),
+        "pair_ratios": pairs(ray_runs),
+        "deepspeed_ratio": deepspeed["tokens_per_s"] / plain["tokens_per_s"],
         "train_ratio": ray["tokens_per_s"] / plain["tokens_per_s"],
     }
+
+
+def table_markers(name: str, benchmarks_md: Path = BENCHMARKS_MD) -> tuple[str, str]:
+    """The marker lines the table of `--output NAME` goes between; both must be in BENCHMARKS.md
+    (checked before anything is measured, so a long run cannot end without a place to write)."""
+    markers = (f"<!-- {name}:start -->", f"<!-- {name}:end -->")
+    text = benchmarks_md.read_text()
+    missing = [m for m in markers if m not in text]
+    if missing:
+        raise ValueError(f"{benchmarks_md}: no {' and no '.join(missing)} line for the table of --output {name}")
+    return markers
 
 
 def main() -> None:
@@ -155,10 +240,16 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=30, help="edit requests (examples follow from the config)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of each training path (odd)")
+    parser.add_argument("--output", default="throughput", metavar="NAME",
+                        help="results/NAME.json and the BENCHMARKS.md table between the NAME markers")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.repeats < 1 or args.repeats % 2 == 0:
         parser.error("--repeats must be odd (1, 3, 5, ...): the median is then one measured run of each path")
+    try:
+        markers = table_markers(args.output)
+    except ValueError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from ftedit.model import load_causal_lm
@@ -176,10 +267,13 @@ def main() -> None:
         evaluation = scoring_vs_forward(cfg, inputs, model, tokenizer)
         del model
         log.info("scoring: %s", evaluation)
-        plain_runs, ray_runs = [], []
+        join_single_process_group()
+        plain_runs, deepspeed_runs, ray_runs = [], [], []
         for repeat in range(args.repeats):
             plain_runs.append(plain_loop_tokens_per_s(cfg, inputs.model_path, dataset))
             log.info("plain loop %d/%d: %s", repeat + 1, args.repeats, plain_runs[-1])
+            deepspeed_runs.append(deepspeed_loop_tokens_per_s(cfg, inputs.model_path, dataset))
+            log.info("deepspeed in this process %d/%d: %s", repeat + 1, args.repeats, deepspeed_runs[-1])
             started = time.perf_counter()
             _, metrics = fit(cfg, inputs.model_path, dataset, counts["examples"], Path(tmp) / f"ray{repeat}")
             wall = time.perf_counter() - started
@@ -195,13 +289,13 @@ def main() -> None:
         "examples": counts["examples"],
         "epochs": args.epochs,
         "zero_stage": cfg.train.zero_stage,
-        **training_comparison(plain_runs, ray_runs),
+        **training_comparison(plain_runs, deepspeed_runs, ray_runs),
         "eval": evaluation,
         "eval_ratio": evaluation["scoring_tokens_per_s"] / evaluation["forward_tokens_per_s"],
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
     }
-    publish(result, RESULTS / "throughput.json", (TABLE_START, TABLE_END), render_table(result))
+    publish(result, RESULTS / f"{args.output}.json", markers, render_table(result))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from throughput import median_run, render_table, training_comparison  # noqa: E402
+from throughput import median_run, render_table, table_markers, training_comparison  # noqa: E402
 
 
 def test_the_median_run_is_the_middle_one_with_the_median_startup():
@@ -15,16 +17,30 @@ def test_the_median_run_is_the_middle_one_with_the_median_startup():
     assert median_run([{"tokens_per_s": 5.0}]) == {"tokens_per_s": 5.0}
 
 
-def test_the_table_shows_medians_ranges_and_each_pair():
+def test_the_table_shows_every_path_with_medians_ranges_and_each_round():
     plain = [{"tokens_per_s": t} for t in (160.0, 200.0, 180.0)]
+    deepspeed = [{"tokens_per_s": t, "startup_seconds": s} for t, s in ((150.0, 0.5), (176.0, 0.9), (162.0, 0.7))]
     ray = [{"tokens_per_s": t, "startup_seconds": 20.0} for t in (150.0, 140.0, 171.0)]
-    result = {**training_comparison(plain, ray), "zero_stage": 2, "n_edits": 30, "examples": 630, "epochs": 1,
-              "eval": {"forward_tokens_per_s": 300.0, "scoring_tokens_per_s": 360.0}, "eval_ratio": 1.2,
+    result = {**training_comparison(plain, deepspeed, ray), "zero_stage": 2, "n_edits": 30, "examples": 630,
+              "epochs": 1, "eval": {"forward_tokens_per_s": 300.0, "scoring_tokens_per_s": 360.0}, "eval_ratio": 1.2,
               "machine": "test", "date": "2026-12-01", "command": "python benchmarks/throughput.py"}
+    assert result["deepspeed_ratio"] == 162.0 / 180.0 and result["train_ratio"] == 150.0 / 180.0
     table = render_table(result)
     assert "| plain PyTorch training loop (1 process) | 180 | 160-200 | 1.00 | |" in table
+    assert "| DeepSpeed ZeRO-2 engine in the same process (no Ray Train) | 162 | 150-176 | 0.90 | |" in table
     assert "| Ray Train + DeepSpeed ZeRO-2, 1 worker | 150 | 140-171 | 0.83 | >= 0.9 |" in table
-    assert "each alternating pair: 0.94, 0.70, 0.95" in table
+    assert "DeepSpeed in the same process 0.94, 0.88, 0.90; Ray Train 0.94, 0.70, 0.95." in table
+    assert "DeepSpeed initialisation 0.7 s" in table
+
+
+def test_a_named_output_needs_its_markers_before_anything_is_measured(tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("<!-- throughput:start -->\n<!-- throughput:end -->\n<!-- throughput-zero1:start -->\n")
+    assert table_markers("throughput", md) == ("<!-- throughput:start -->", "<!-- throughput:end -->")
+    with pytest.raises(ValueError, match="no <!-- throughput-zero1:end --> line for the table of --output throughput-zero1"):
+        table_markers("throughput-zero1", md)
+    with pytest.raises(ValueError, match="no <!-- other:start --> and no <!-- other:end --> line"):
+        table_markers("other", md)
 
 
 def test_publish_writes_the_json_and_replaces_only_its_own_table(tmp_path, capsys):
