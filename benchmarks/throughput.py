@@ -41,14 +41,11 @@ RESULTS = REPO / "benchmarks" / "results"
 log = logging.getLogger("throughput")
 
 
-def plain_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
-    """The training step without Ray or DeepSpeed: same model, LoRA, batches, packing, optimizer."""
+def _trainable_model(cfg, model_path):
+    """(model, params, optimizer, pad id) built as the train loop builds them, for both in-process paths."""
     import torch
 
-    from ftedit.loss import lm_loss
     from ftedit.model import load_causal_lm, pad_token_id, prepare_for_training, trainable_parameters
-    from ftedit.tokenize import pack_batch
-    from ftedit.train import micro_batches
 
     train = cfg.train
     torch.manual_seed(cfg.seed)
@@ -56,23 +53,41 @@ def plain_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
     model = prepare_for_training(model, train, cfg.lora, cfg.seed)  # as the train loop does
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
-    pad = pad_token_id(tokenizer)
+    return model, params, optimizer, pad_token_id(tokenizer)
+
+
+def _packed_micro_batches(cfg, dataset, pad: int):
+    """Every epoch's micro-batches, packed, in the train loop's seeded order."""
+    from ftedit.tokenize import pack_batch
+    from ftedit.train import micro_batches
+
+    for epoch in range(cfg.train.epochs):
+        for batch in micro_batches(dataset, cfg.train, cfg.seed * 1000 + epoch):
+            yield pack_batch(batch["input_ids"], batch["labels"], pad, cfg.train.pack_length)
+
+
+def plain_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
+    """The training step without Ray or DeepSpeed: same model, LoRA, batches, packing, optimizer."""
+    import torch
+
+    from ftedit.loss import lm_loss
+
+    train = cfg.train
+    model, params, optimizer, pad = _trainable_model(cfg, model_path)
     device_type = next(model.parameters()).device.type
     mixed = torch.autocast(device_type, dtype=torch.bfloat16, enabled=train.precision == "bf16-mixed")
     model.train()
     tokens, micro_steps, started = 0, 0, time.perf_counter()
-    for epoch in range(train.epochs):
-        for batch in micro_batches(dataset, train, cfg.seed * 1000 + epoch):
-            packed = pack_batch(batch["input_ids"], batch["labels"], pad, train.pack_length)
-            with mixed:  # what DeepSpeed's torch_autocast does around the engine's forward
-                loss = lm_loss(model, packed) / train.grad_accum_steps
-            loss.backward()
-            micro_steps += 1
-            tokens += int((packed["example"] >= 0).sum())
-            if micro_steps % train.grad_accum_steps == 0:
-                torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+    for packed in _packed_micro_batches(cfg, dataset, pad):
+        with mixed:  # what DeepSpeed's torch_autocast does around the engine's forward
+            loss = lm_loss(model, packed) / train.grad_accum_steps
+        loss.backward()
+        micro_steps += 1
+        tokens += int((packed["example"] >= 0).sum())
+        if micro_steps % train.grad_accum_steps == 0:
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - started
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 
@@ -85,32 +100,22 @@ def deepspeed_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
     which `join_single_process_group` sets up once.
     """
     import deepspeed
-    import torch
 
     from ftedit.loss import lm_loss
-    from ftedit.model import load_causal_lm, pad_token_id, prepare_for_training, trainable_parameters
-    from ftedit.tokenize import pack_batch
-    from ftedit.train import deepspeed_config, micro_batches
+    from ftedit.train import deepspeed_config
 
-    train = cfg.train
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = load_causal_lm(model_path, cfg.model.dtype, train.attention)
-    model = prepare_for_training(model, train, cfg.lora, cfg.seed)
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=train.lr, weight_decay=train.weight_decay)
+    model, _, optimizer, pad = _trainable_model(cfg, model_path)
     started = time.perf_counter()
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(train))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg.train))
     startup = time.perf_counter() - started
-    pad = pad_token_id(tokenizer)
     engine.train()
     tokens, started = 0, time.perf_counter()
-    for epoch in range(train.epochs):
-        for batch in micro_batches(dataset, train, cfg.seed * 1000 + epoch):
-            packed = pack_batch(batch["input_ids"], batch["labels"], pad, train.pack_length)
-            loss = lm_loss(engine, packed)  # the engine scales by gradient accumulation itself
-            engine.backward(loss)
-            engine.step()
-            loss.item()  # as the train loop logs it
-            tokens += int((packed["example"] >= 0).sum())
+    for packed in _packed_micro_batches(cfg, dataset, pad):
+        loss = lm_loss(engine, packed)  # the engine scales by gradient accumulation itself
+        engine.backward(loss)
+        engine.step()
+        loss.item()  # as the train loop logs it
+        tokens += int((packed["example"] >= 0).sum())
     seconds = time.perf_counter() - started
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "startup_seconds": startup}
 
