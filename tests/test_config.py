@@ -88,10 +88,12 @@ def test_grad_accumulation_is_derived_from_the_global_batch():
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_validate(path):
+def test_shipped_configs_validate(path, request):
     if path.name.startswith("sweep-"):
         from ftedit.tune import load_sweep
 
+        # load_sweep reads both splits to prove them disjoint, so it needs ../shared/data
+        request.getfixturevalue("shared_data")
         load_sweep(path)  # a run config plus its sweep section
     else:
         load_config(path)
