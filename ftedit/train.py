@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import math
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -103,38 +102,6 @@ def micro_batches(shard, train: TrainConfig, seed: int):
         yield {key: batch[key] for key in ("input_ids", "labels")}
 
 
-class StartedEpoch:
-    """An epoch's micro-batches whose first one is fetched now, in a side thread.
-
-    The first fetch starts the shard's streaming split: Ray Data's split coordinator starts its
-    executor and ships the first blocks, while the shuffle buffer fills. Inside the measured
-    training that start cost a fresh worker 10% of its first ten steps on 2 cores (BENCHMARKS.md);
-    started before the model loads, it overlaps the load instead. The side thread only pulls
-    numpy batches, no torch op. An error in it is raised where the batches are consumed.
-    """
-
-    def __init__(self, batches):
-        self._batches = batches
-        self._first = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._fetch_first, name="ftedit-first-batch", daemon=True)
-        self._thread.start()
-
-    def _fetch_first(self) -> None:
-        try:
-            self._first = next(self._batches, None)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the training thread
-            self._error = error
-
-    def __iter__(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        if self._first is not None:
-            yield self._first
-            yield from self._batches
-
-
 def train_loop_per_worker(loop_config: dict) -> None:
     """Runs on every Ray Train worker. `loop_config`: the run config as a dict, model path, counts."""
     cfg: RunConfig = from_dict(RunConfig, loop_config["run"])
@@ -167,10 +134,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         log.warning("%s was left by an interrupted op build, and DeepSpeed will wait on it for ever: "
                     "if nothing is compiling, delete the folder %s", lock, lock.parent)
     ds_config = deepspeed_config(train)
-    shard = ray.train.get_dataset_shard("train")
-    # A fresh run starts its first epoch's data now, so the shard's start overlaps the model load;
-    # a resumed one starts mid-epoch (from the checkpoint's progress, known only after restore).
-    first_epoch = StartedEpoch(micro_batches(shard, train, cfg.seed * 1000)) if ray.train.get_checkpoint() is None else None
     # ZeRO-3: transformers sees this live config during from_pretrained and builds the model under
     # deepspeed.zero.Init, each worker holding only its share of the weights: a 70B model never
     # sits whole in one worker's memory. It must stay alive until the engine exists.
@@ -207,6 +170,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                      train.zero_stage)
 
     probe = [EditRequest.from_dict(d) for d in loop_config.get("probe", [])]
+    shard = ray.train.get_dataset_shard("train")
     # A restarted worker group (a worker died) or a re-submitted job resumes from the latest
     # checkpoint: weights, optimizer and scheduler state, and where in the epochs it stood.
     progress, restored = restore(engine)
@@ -228,10 +192,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     for epoch in range(progress.epoch, train.epochs):
         # Each epoch re-reads the shard in a new seeded order (the same order after a restart).
-        if epoch == 0 and first_epoch is not None:
-            batches = iter(first_epoch)
-        else:
-            batches = iter(micro_batches(shard, train, cfg.seed * 1000 + epoch))
+        batches = iter(micro_batches(shard, train, cfg.seed * 1000 + epoch))
         for _ in range(progress.micro_step):  # trained before the mid-epoch checkpoint
             next(batches)
         while True:

@@ -102,32 +102,3 @@ def test_probe_scoring_runs_on_a_model_prepared_for_autocast(tiny_model):
     assert {"probe_efficacy", "probe_generalization", "probe_locality", "probe_edit_score"} <= set(metrics)
     with pytest.raises(RuntimeError):  # the same scoring without autocast cannot run on it
         _probe_metrics(engine, tokenizer, probe, {"metric_kind": "counterfact"}, from_dict(RunConfig, {}), rank=0)
-
-
-def test_started_epoch_fetches_its_first_batch_before_anyone_iterates_and_keeps_the_order():
-    import threading
-
-    from ftedit.train import StartedEpoch
-
-    fetched = threading.Event()
-
-    def batches():
-        fetched.set()
-        yield from ("b0", "b1", "b2")
-
-    epoch = StartedEpoch(batches())
-    assert fetched.wait(timeout=10)  # the side thread started the data before the loop asks for it
-    assert list(epoch) == ["b0", "b1", "b2"]
-    assert list(StartedEpoch(iter(()))) == []
-
-
-def test_started_epoch_raises_the_data_error_where_the_batches_are_consumed():
-    from ftedit.train import StartedEpoch
-
-    def broken():
-        raise ValueError("record 7: field 'prompt' is missing")
-        yield  # a generator
-
-    epoch = StartedEpoch(broken())
-    with pytest.raises(ValueError, match="record 7"):
-        next(iter(epoch))
