@@ -156,6 +156,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     epochs: int = 4
     zero_stage: int = 2
+    """DeepSpeed ZeRO stage 0-3. Stages 1-3 partition optimizer state, gradients and weights over the
+    workers; one worker has nothing to partition, and stage 0 there trains the same without ZeRO-2's
+    gradient copies (BENCHMARKS.md, speed)."""
     offload_optimizer: bool = False
     offload_params: bool = False
     """ZeRO-3 only: keep parameters in CPU memory."""
