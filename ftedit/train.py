@@ -164,9 +164,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             f"{n_trainable:,}", train.tuning, world, threads, train.epochs, steps_per_epoch, train.batch_size,
         )
         if world == 1 and train.zero_stage in (1, 2) and not train.offload_optimizer:
-            log.info("ZeRO-%d partitions over workers; with one it partitions nothing and only adds gradient "
-                     "copies (on 2 CPU cores the engine ran at 0.87-0.95 of a plain loop with ZeRO-2, 0.96 with "
-                     "stage 0: BENCHMARKS.md). train.zero_stage=0 trains the same maths on one worker without them",
+            log.info("ZeRO-%d partitions over workers, and with one worker it only adds copies of the gradients "
+                     "and weights; train.zero_stage=0 trains the same without them (BENCHMARKS.md, speed)",
                      train.zero_stage)
 
     probe = [EditRequest.from_dict(d) for d in loop_config.get("probe", [])]
