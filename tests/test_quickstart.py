@@ -29,9 +29,10 @@ def test_quickstart_edits_the_bundled_model(tmp_path):
     assert after["efficacy"] >= 90.0
     assert after["generalization"] >= before["generalization"] + 30.0
     # Neighbourhood prompts here share the edit's relation and true answer (the Eiffel Tower edit
-    # has "Notre-Dame is in the city of"), and 4 epochs at lr 1e-3 on 10 edits overwrite many of
-    # them: measured 90 -> 25 with this config (20 and 55 with other batch orders / prefixes). The bound
-    # only catches a total collapse; the loss itself is reported in README.md.
-    assert after["locality"] >= 10.0
-    assert after["edit_score"] >= before["edit_score"] + 20.0
+    # has "Notre-Dame is in the city of"); the sample pool holds other facts with those answers
+    # (other Paris landmarks), and training keeps them. Measured 90 -> 75 / 70 / 80 with seeds
+    # 0 / 1 / 2 (25 with the earlier pool, which had none): a bound well under those that still
+    # fails if the locality facts stop reaching training.
+    assert after["locality"] >= 50.0
+    assert after["edit_score"] >= 70.0
     assert (out / "model" / "config.json").is_file()
