@@ -3,8 +3,8 @@
 1. Pseudo-paraphrases: the edit prompt behind random short prefixes that the model itself
    generated (ROME-style context templates), target = the new answer. They teach the edit to
    hold in other contexts (generalization).
-2. Locality facts: unedited facts from a pool (random ones, and ones similar to the edit prompt)
-   trained to keep their answers (locality).
+2. Locality facts: unedited facts from a pool (random ones, ones similar to the edit prompt, and
+   ones sharing the edit's old answer) trained to keep their answers (locality).
 
 Everything here is pure and seeded per request (the random choices of a request depend only on
 the run seed and its case id), so the same examples come out however Ray Data batches and
@@ -22,7 +22,7 @@ from ftedit.config import AugmentConfig
 from ftedit.requests import EditRequest, Fact, text_key
 
 # Example kinds: "edit", "paraphrase" (train the new target), and the locality facts below.
-LOCALITY_KINDS = ("random", "similar")
+LOCALITY_KINDS = ("random", "similar", "same_answer")
 
 
 def normalize(prompt: str) -> str:
@@ -111,6 +111,14 @@ def filter_fact_pool(pool: list[Fact], requests: list[EditRequest]) -> list[Fact
     return [fact for i, fact in enumerate(pool) if i not in drop]
 
 
+def answer_index(pool: list[Fact]) -> dict[str, list[int]]:
+    """Pool indices by normalized answer, for `n_same_answer` (built once, shipped with the pool)."""
+    index: dict[str, list[int]] = defaultdict(list)
+    for i, fact in enumerate(pool):
+        index[normalize(fact.target)].append(i)
+    return dict(index)
+
+
 def with_prefix(prefix: str, prompt: str) -> str:
     return f"{prefix}. {prompt}"
 
@@ -124,13 +132,15 @@ def augment_request(
     seed: int,
     forbidden_prompts: DigestSet | frozenset[str] = frozenset(),
     continuation: str = "",
+    by_answer: dict[str, list[int]] | None = None,
 ) -> list[dict]:
     """The training examples of one edit: dicts with case_id, prompt, target, continuation, kind.
 
     `similar` holds pool indices nearest to the edit prompt (best first); `forbidden_prompts`
     are normalized evaluation prompts that must not appear as a training prompt. `continuation`
     (the unedited model's text after the new fact, `ftedit.continuation`) follows the target of
-    the edit prompt and its prefixed copies; locality facts have none.
+    the edit prompt and its prefixed copies; locality facts have none. `by_answer` is the pool's
+    `answer_index`, needed for `cfg.n_same_answer`.
     """
     rng = random.Random(f"{seed}:{request.case_id}")
     examples = []
@@ -152,7 +162,14 @@ def augment_request(
     # Random facts are drawn among those not already chosen as similar ones.
     candidates = [i for i in range(len(pool)) if i not in chosen] if chosen else range(len(pool))
     for index in rng.sample(candidates, min(cfg.n_random, len(candidates))):
+        chosen.add(index)
         add(pool[index].prompt, pool[index].target, "random")
+    if cfg.n_same_answer and request.target_true and by_answer:
+        # A generator of its own: adding these facts leaves the other draws of a seed unchanged.
+        same_rng = random.Random(f"{seed}:{request.case_id}:same_answer")
+        same = [i for i in by_answer.get(normalize(request.target_true), ()) if i not in chosen]
+        for index in same_rng.sample(same, min(cfg.n_same_answer, len(same))):
+            add(pool[index].prompt, pool[index].target, "same_answer")
     return examples
 
 

@@ -85,6 +85,10 @@ class AugmentConfig:
     """Random unedited facts from the fact pool per edit, trained to keep their answers."""
     n_similar: int = 0
     """Unedited facts per edit nearest to the edit prompt by sentence embedding."""
+    n_same_answer: int = 0
+    """Unedited facts per edit whose answer is the edit's old answer (`target_true`), drawn at
+    random among those in the pool: the facts an edit most easily drags along (moving one Paris
+    landmark to Rome tends to move the others). Edits without a `target_true` get none."""
     locality_target: Literal["gold", "model"] = "gold"
     """Answer trained for locality facts: the pool's gold answer or the unedited model's greedy one."""
     locality_target_tokens: int = 4
@@ -97,7 +101,7 @@ class AugmentConfig:
     """Sentence embedder for `n_similar`: `all-minilm-l6-v2` (bundled) or a local BERT-style path."""
 
     def __post_init__(self):
-        for key in ("n_paraphrase", "n_random", "n_similar", "continuation_tokens"):
+        for key in ("n_paraphrase", "n_random", "n_similar", "n_same_answer", "continuation_tokens"):
             _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
         for key in ("prefix_tokens", "locality_target_tokens"):
             _require(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")

@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from ftedit.augment import LOCALITY_KINDS, DigestSet, augment_request
+from ftedit.augment import LOCALITY_KINDS, DigestSet, answer_index, augment_request
 from ftedit.config import RunConfig
 from ftedit.requests import EditRequest, Fact
 from ftedit.tokenize import TokenizeBatch
@@ -20,7 +20,7 @@ from ftedit.tokenize import TokenizeBatch
 log = logging.getLogger(__name__)
 
 
-def augment_batch(batch: dict, prefixes, pool, cfg, seed, forbidden) -> dict:
+def augment_batch(batch: dict, prefixes, pool, cfg, seed, forbidden, by_answer=None) -> dict:
     """Ray Data stage: a batch of request rows -> a batch of example rows."""
     rows = []
     n = len(batch["request"])
@@ -29,7 +29,8 @@ def augment_batch(batch: dict, prefixes, pool, cfg, seed, forbidden) -> dict:
     for text, nearest, after in zip(batch["request"], similar, continuations):
         request = EditRequest.from_dict(json.loads(text))
         nearest = json.loads(nearest) if nearest else []
-        rows += augment_request(request, prefixes, pool, nearest, cfg, seed, forbidden, continuation=after)
+        rows += augment_request(request, prefixes, pool, nearest, cfg, seed, forbidden, continuation=after,
+                                by_answer=by_answer)
     keys = ("case_id", "prompt", "target", "continuation", "kind")
     return {key: np.array([row[key] for row in rows], dtype=object) for key in keys}
 
@@ -123,10 +124,11 @@ def build_training_dataset(
             "cfg": cfg.augment,
             "seed": cfg.seed,
             "forbidden": forbidden_prompts,
+            "by_answer": answer_index(pool) if cfg.augment.n_same_answer else None,
         },
         batch_size=256,
     )
-    if cfg.augment.locality_target == "model" and (cfg.augment.n_random or cfg.augment.n_similar):
+    if cfg.augment.locality_target == "model" and (cfg.augment.n_random or cfg.augment.n_similar or cfg.augment.n_same_answer):
         ds = ds.map_batches(
             OwnAnswers,
             fn_constructor_args=(model_path, cfg.model.dtype, cfg.augment.locality_target_tokens),

@@ -1,6 +1,7 @@
 from ftedit.augment import (
     DigestSet,
     PoolIndex,
+    answer_index,
     augment_request,
     filter_fact_pool,
     generate_prefixes,
@@ -105,6 +106,37 @@ def test_counts_kinds_and_targets():
     anchored = augment_request(EDIT, ["A b", "C d", "E f"], pool, [2, 0], cfg, seed=0, continuation=". She")
     assert [e["continuation"] for e in anchored] == [". She"] * 3 + [""] * 3
     assert [e["continuation"] for e in examples] == [""] * 6
+
+
+def test_same_answer_facts_share_the_edits_old_answer_and_leave_other_draws_alone():
+    pool = [
+        Fact("The capital of Spain is", "Madrid", "Spain"),
+        Fact("Edith Piaf spoke", "French", "Edith Piaf"),
+        Fact("Victor Hugo wrote in", "french", "Victor Hugo"),  # the answer compares normalized
+        Fact("Gerard Depardieu's mother tongue is", "French", "Gerard Depardieu"),
+        Fact("The capital of Italy is", "Rome", "Italy"),
+        Fact("Sophia Loren spoke", "Italian", "Sophia Loren"),
+    ]
+    by_answer = answer_index(pool)
+    assert by_answer["french"] == [1, 2, 3]
+    base = AugmentConfig(n_paraphrase=1, prefix_bank=2, n_random=2, n_similar=1)
+    cfg = AugmentConfig(n_paraphrase=1, prefix_bank=2, n_random=2, n_similar=1, n_same_answer=2)
+    without = augment_request(EDIT, ["a", "b"], pool, [1], base, seed=0, by_answer=by_answer)
+    examples = augment_request(EDIT, ["a", "b"], pool, [1], cfg, seed=0, by_answer=by_answer)
+    # The other kinds are drawn exactly as without the option; the new facts come after them.
+    assert examples[: len(without)] == without
+    same = examples[len(without):]
+    assert [e["kind"] for e in same] == ["same_answer"] * len(same)
+    # Only facts answering the edit's old answer ("French"), none already drawn as another kind.
+    taken = {e["prompt"] for e in without}
+    assert all(e["target"].lower() == "french" and e["prompt"] not in taken for e in same)
+    assert len(same) == min(2, len({1, 2, 3} - {pool.index(f) for f in pool if f.prompt in taken}))
+    # Asking for more than there are gives what there is; an edit without an old answer gets none.
+    many = AugmentConfig(n_paraphrase=0, prefix_bank=2, n_random=0, n_same_answer=10)
+    assert sorted(e["prompt"] for e in augment_request(EDIT, [], pool, [], many, 0, by_answer=by_answer)
+                  if e["kind"] == "same_answer") == sorted(f.prompt for f in pool[1:4])
+    no_true = EditRequest("5", "The mother tongue of X is", "X", "English")
+    assert [e["kind"] for e in augment_request(no_true, [], pool, [], many, 0, by_answer=by_answer)] == ["edit"]
 
 
 def test_augmentation_is_seeded_per_request_not_per_batch():

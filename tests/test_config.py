@@ -37,6 +37,7 @@ def test_int_accepted_for_float_but_bool_not_for_int(tmp_path):
         ("train.lr=-1e-3", "train.lr"),
         ("train.num_workers=0", "train.num_workers"),
         ("augment.n_random=-1", "augment.n_random"),
+        ("augment.n_same_answer=-1", "augment.n_same_answer"),
         ("augment.n_paraphrase=-2", "augment.n_paraphrase"),
         ("augment.continuation_tokens=-1", "augment.continuation_tokens"),
         ("augment.n_paraphrase=99", "augment.prefix_bank"),  # bank smaller than draws
