@@ -38,7 +38,8 @@ def machine() -> str:
 def locality_mix(augment: dict) -> str:
     """The run's unedited facts per edit, e.g. "5 random + 5 similar" (rows differ in it while the
     config label alone may not show it: the config's default changed over time)."""
-    parts = [f"{augment[key]} {kind}" for key, kind in (("n_random", "random"), ("n_similar", "similar")) if augment[key]]
+    kinds = (("n_random", "random"), ("n_similar", "similar"), ("n_same_answer", "same-answer"))
+    parts = [f"{augment[key]} {kind}" for key, kind in kinds if augment.get(key)]  # older runs lack n_same_answer
     return " + ".join(parts) or "none"
 
 

@@ -11,7 +11,7 @@ Rungs (Gangadhar & Stratos, 2024), each a set of config overrides on the base co
   FT+M+P+R   + random unedited facts from the pool, kept at their answers
   FT+M+P+S   + similar unedited facts (nearest by sentence embedding) instead of random ones
 The augmentation counts come from the base config: its n_paraphrase, and its unedited facts per
-edit (n_random + n_similar), which the R rung draws all at random and the S rung all by
+edit (n_random + n_similar + n_same_answer), which the R rung draws all at random and the S rung all by
 similarity, so the two rungs train on the same number of examples whatever mix the base config
 uses. Epochs, lr and batch stay those of the base config for every rung, so the budget is the
 same number of passes over each rung's examples. `--full` gives the overrides of
@@ -57,7 +57,9 @@ def rung_overrides(method: str, n_paraphrase: int, n_unedited: int) -> list[str]
     }[method]
     mode = "full" if method == "FT" else "conditional"
     p, r, s = augment
-    return [f"loss.mode={mode}", f"augment.n_paraphrase={p}", f"augment.n_random={r}", f"augment.n_similar={s}"]
+    # Same-answer facts are no rung of the paper's ladder: they count into the R and S rungs' draw.
+    return [f"loss.mode={mode}", f"augment.n_paraphrase={p}", f"augment.n_random={r}", f"augment.n_similar={s}",
+            "augment.n_same_answer=0"]
 
 
 def row(dataset: str, method: str, tuning: str, n_edits: int, side: dict, summary: dict, run_dir: str) -> dict:
@@ -159,7 +161,7 @@ def run_ladder(base: str, sizes: list[int], tunings: list[str], methods: list[st
     from ftedit.pipeline import run_mass_edit
 
     base_cfg = load_config(base, overrides)
-    n_unedited = base_cfg.augment.n_random + base_cfg.augment.n_similar
+    n_unedited = base_cfg.augment.n_random + base_cfg.augment.n_similar + base_cfg.augment.n_same_answer
     dataset = Path(base).stem
     rows = []
     for n in sizes:

@@ -12,6 +12,7 @@ def test_rows_name_their_locality_mix():
     assert locality_mix({"n_random": 5, "n_similar": 5}) == "5 random + 5 similar"
     assert locality_mix({"n_random": 10, "n_similar": 0}) == "10 random"
     assert locality_mix({"n_random": 0, "n_similar": 0}) == "none"
+    assert locality_mix({"n_random": 5, "n_similar": 0, "n_same_answer": 5}) == "5 random + 5 same-answer"
 
 
 def test_rows_name_precision_and_training_attention_sdpa_for_runs_before_the_key():

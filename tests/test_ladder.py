@@ -15,11 +15,15 @@ from ladder import merge_rows, run_ladder, rung_overrides  # noqa: E402
 
 def test_each_rung_adds_one_ingredient():
     assert rung_overrides("FT", 10, 6) == [
-        "loss.mode=full", "augment.n_paraphrase=0", "augment.n_random=0", "augment.n_similar=0"]
+        "loss.mode=full", "augment.n_paraphrase=0", "augment.n_random=0", "augment.n_similar=0",
+        "augment.n_same_answer=0"]
     assert rung_overrides("FT+M", 10, 6)[0] == "loss.mode=conditional"
-    assert rung_overrides("FT+M+P", 10, 6)[1:] == ["augment.n_paraphrase=10", "augment.n_random=0", "augment.n_similar=0"]
-    assert rung_overrides("FT+M+P+R", 10, 6)[1:] == ["augment.n_paraphrase=10", "augment.n_random=6", "augment.n_similar=0"]
-    assert rung_overrides("FT+M+P+S", 10, 6)[1:] == ["augment.n_paraphrase=10", "augment.n_random=0", "augment.n_similar=6"]
+    counts = lambda method: rung_overrides(method, 10, 6)[1:4]  # noqa: E731
+    assert counts("FT+M+P") == ["augment.n_paraphrase=10", "augment.n_random=0", "augment.n_similar=0"]
+    assert counts("FT+M+P+R") == ["augment.n_paraphrase=10", "augment.n_random=6", "augment.n_similar=0"]
+    assert counts("FT+M+P+S") == ["augment.n_paraphrase=10", "augment.n_random=0", "augment.n_similar=6"]
+    # No rung inherits same-answer facts from its base config.
+    assert all(rung_overrides(m, 10, 6)[-1] == "augment.n_same_answer=0" for m in ("FT", "FT+M+P+R", "FT+M+P+S"))
 
 
 def test_new_rows_replace_rows_of_the_same_setting():
