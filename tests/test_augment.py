@@ -65,20 +65,22 @@ def test_no_evaluation_prompt_of_any_edit_is_ever_trained_on(shared_data):
     forbidden = never_train_on(requests)
     eval_prompts = {normalize(p) for r in requests for p in r.eval_prompts()}
     pool = filter_fact_pool(load_fact_pool(shared_data / "counterfact" / "counterfact-train.json"), requests)
-    # Add every eval prompt to the pool on purpose: the filter must catch them all.
-    planted = [Fact(p, "x", "planted") for r in requests for p in r.eval_prompts()]
+    # Add every eval prompt to the pool on purpose, answered with the edit's old answer (the true
+    # answer of its neighbourhood prompts): the filter must catch them all, or same-answer draws
+    # would pick them.
+    planted = [Fact(p, r.target_true, "planted") for r in requests for p in r.eval_prompts()]
     pool = filter_fact_pool(pool + planted, requests)
-    cfg = AugmentConfig(n_paraphrase=3, prefix_bank=5, n_random=20)
+    cfg = AugmentConfig(n_paraphrase=3, prefix_bank=5, n_random=20, n_same_answer=10)
+    by_answer = answer_index(pool)
     prefixes = ["I", "The", "You", "Because", "Therefore"]
-    trained = set()
-    for r in requests:
-        trained |= {normalize(e["prompt"]) for e in augment_request(r, prefixes, pool, [], cfg, 0, forbidden)}
+    examples = [e for r in requests for e in augment_request(r, prefixes, pool, [], cfg, 0, forbidden, by_answer=by_answer)]
+    trained = {normalize(e["prompt"]) for e in examples}
     assert trained and not (trained & eval_prompts)
+    assert sum(e["kind"] == "same_answer" for e in examples) > 1000
     subjects = {normalize(r.subject) for r in requests}
-    for r in requests:
-        for e in augment_request(r, prefixes, pool, [], cfg, 0, forbidden):
-            if e["kind"] == "random":
-                assert not any(s in normalize(e["prompt"]) for s in subjects if len(s) >= 4)
+    for e in examples:
+        if e["kind"] in ("random", "same_answer"):
+            assert not any(s in normalize(e["prompt"]) for s in subjects if len(s) >= 4)
 
 
 def test_augmented_prompts_equal_to_an_eval_prompt_are_not_trained():
