@@ -161,7 +161,7 @@ def run_ladder(base: str, sizes: list[int], tunings: list[str], methods: list[st
     from ftedit.pipeline import run_mass_edit
 
     base_cfg = load_config(base, overrides)
-    n_unedited = base_cfg.augment.n_random + base_cfg.augment.n_similar + base_cfg.augment.n_same_answer
+    n_unedited = base_cfg.augment.n_unedited
     dataset = Path(base).stem
     rows = []
     for n in sizes:

@@ -100,6 +100,11 @@ class AugmentConfig:
     embedding_model: str = "all-minilm-l6-v2"
     """Sentence embedder for `n_similar`: `all-minilm-l6-v2` (bundled) or a local BERT-style path."""
 
+    @property
+    def n_unedited(self) -> int:
+        """Locality facts drawn per edit, of all kinds (random, similar, same-answer)."""
+        return self.n_random + self.n_similar + self.n_same_answer
+
     def __post_init__(self):
         for key in ("n_paraphrase", "n_random", "n_similar", "n_same_answer", "continuation_tokens"):
             _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")

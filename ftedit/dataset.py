@@ -128,7 +128,7 @@ def build_training_dataset(
         },
         batch_size=256,
     )
-    if cfg.augment.locality_target == "model" and (cfg.augment.n_random or cfg.augment.n_similar or cfg.augment.n_same_answer):
+    if cfg.augment.locality_target == "model" and cfg.augment.n_unedited:
         ds = ds.map_batches(
             OwnAnswers,
             fn_constructor_args=(model_path, cfg.model.dtype, cfg.augment.locality_target_tokens),

@@ -95,7 +95,7 @@ def load_inputs(cfg: RunConfig) -> Inputs:
         raise InputError(f"{cfg.data.requests}: no valid edit requests")
     kind = metric_kind(source.format, cfg.eval.kind, source.missing_true)
     pool = load_fact_pool(cfg.data.fact_pool, cfg.data.fact_pool_format, cfg.data.fact_pool_limit) if cfg.data.fact_pool else []
-    if (cfg.augment.n_random or cfg.augment.n_similar or cfg.augment.n_same_answer) and not pool:
+    if cfg.augment.n_unedited and not pool:
         raise InputError("augment.n_random/n_similar/n_same_answer > 0 need data.fact_pool with at least one fact")
     model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
     log.info("%d edit requests (%s, metrics: %s), fact pool %d", source.n_requests, source.format, kind, len(pool))
