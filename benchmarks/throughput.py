@@ -24,6 +24,7 @@ machine: on 2 cores anything else running distorts it.
 import argparse
 import datetime
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -239,6 +240,16 @@ def table_markers(name: str, benchmarks_md: Path = BENCHMARKS_MD) -> tuple[str, 
     return markers
 
 
+# Variables that change how fast torch runs on CPU (allocator, OpenMP); the ones set are written
+# into the recorded command, so a table measured under them says so and can be reproduced.
+SPEED_ENV_PREFIXES = ("LD_PRELOAD", "MALLOC_", "OMP_", "GOMP_", "KMP_", "MKL_")
+
+
+def speed_environment(environ=os.environ) -> list[str]:
+    """`NAME=value` for each set variable that changes CPU speed, sorted."""
+    return sorted(f"{k}={v}" for k, v in environ.items() if k.startswith(SPEED_ENV_PREFIXES))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -289,7 +300,7 @@ def main() -> None:
 
     result = {
         "config": args.config,
-        "command": " ".join(["python benchmarks/throughput.py", *sys.argv[1:]]),
+        "command": " ".join([*speed_environment(), "python benchmarks/throughput.py", *sys.argv[1:]]),
         "n_edits": inputs.source.n_requests,
         "examples": counts["examples"],
         "epochs": args.epochs,

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from throughput import median_run, render_table, table_markers, training_comparison  # noqa: E402
+from throughput import median_run, render_table, speed_environment, table_markers, training_comparison  # noqa: E402
 
 
 def test_the_median_run_is_the_middle_one_with_the_median_startup():
@@ -55,3 +55,11 @@ def test_publish_writes_the_json_and_replaces_only_its_own_table(tmp_path, capsy
     assert json.loads((tmp_path / "results" / "a.json").read_text()) == {"x": 1}
     assert md.read_text() == "intro\n<!-- a:start -->\n| new a |\n<!-- a:end -->\n<!-- b:start -->\nold b\n<!-- b:end -->\n"
     assert "| new a |" in capsys.readouterr().out
+
+
+def test_the_recorded_command_names_the_speed_variables_that_were_set():
+    environ = {"MALLOC_MMAP_THRESHOLD_": "33554432", "LD_PRELOAD": "/lib/libjemalloc.so.2", "HOME": "/root",
+               "OMP_NUM_THREADS": "2", "PATH": "/bin"}
+    assert speed_environment(environ) == [
+        "LD_PRELOAD=/lib/libjemalloc.so.2", "MALLOC_MMAP_THRESHOLD_=33554432", "OMP_NUM_THREADS=2"]
+    assert speed_environment({"HOME": "/root"}) == []
