@@ -59,25 +59,30 @@ def run_name(cfg: RunConfig) -> str:
     return f"{Path(cfg.output.dir).name}-{digest}"
 
 
-def restore(engine) -> tuple[Progress, object | None]:
+def latest_progress() -> tuple[Progress, object | None]:
     """(progress, checkpoint) of the latest checkpoint Ray Train hands this attempt, if any.
 
-    An unfinished checkpoint is loaded into `engine` (weights, optimizer, scheduler, step count).
+    Reads only the checkpoint's progress file, through its own filesystem (local, NFS or S3), so
+    a worker knows where it resumes before it builds the model; `load_engine_state` loads the rest.
     """
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return Progress(), None
-    with checkpoint.as_directory() as directory:
-        state = json.loads((Path(directory) / PROGRESS_FILE).read_text())
-        # The final checkpoint's file also holds its metrics (report_final): keep Progress's fields.
-        progress = Progress(**{k: v for k, v in state.items() if k in Progress.__dataclass_fields__})
-        if not progress.finished:
-            # Frozen weights are not in the checkpoint (see report_resumable): load non-strictly.
-            engine.load_checkpoint(directory, tag=ENGINE_TAG, load_module_strict=False)
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{PROGRESS_FILE}") as stream:
+        state = json.loads(stream.read())
+    # The final checkpoint's file also holds its metrics (report_final): keep Progress's fields.
+    progress = Progress(**{k: v for k, v in state.items() if k in Progress.__dataclass_fields__})
     progress.restarts += 1
     return progress, checkpoint
+
+
+def load_engine_state(engine, checkpoint) -> None:
+    """Load an unfinished checkpoint into `engine`: weights, optimizer, scheduler, step count."""
+    with checkpoint.as_directory() as directory:
+        # Frozen weights are not in the checkpoint (see report_resumable): load non-strictly.
+        engine.load_checkpoint(directory, tag=ENGINE_TAG, load_module_strict=False)
 
 
 def report_resumable(engine, progress: Progress, metrics: dict, rank: int) -> None:

@@ -4,7 +4,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ftedit.checkpoint import PROGRESS_FILE, Progress, restore
+from ftedit.checkpoint import PROGRESS_FILE, Progress, latest_progress, load_engine_state
 
 
 class _Engine:
@@ -24,26 +24,27 @@ def _checkpoint_with(tmp_path, monkeypatch, state: dict):
 
 def test_a_resumable_checkpoint_loads_the_engine_and_counts_the_restart(tmp_path, monkeypatch):
     _checkpoint_with(tmp_path, monkeypatch, dataclasses.asdict(Progress(epoch=3, micro_step=1, micro_steps=10)))
-    engine = _Engine()
-    progress, checkpoint = restore(engine)
+    progress, checkpoint = latest_progress()
     assert (progress.epoch, progress.micro_step, progress.micro_steps, progress.restarts) == (3, 1, 10, 1)
-    assert checkpoint is not None and len(engine.loaded) == 1
+    assert checkpoint is not None
+    engine = _Engine()
+    load_engine_state(engine, checkpoint)
+    assert len(engine.loaded) == 1 and engine.loaded[0][0] == str(tmp_path)
     assert engine.loaded[0][1]["load_module_strict"] is False  # frozen weights are not in it
 
 
-def test_the_final_checkpoint_is_recognised_without_loading_the_engine(tmp_path, monkeypatch):
+def test_the_final_checkpoint_is_recognised_from_its_progress_file_alone(tmp_path, monkeypatch):
     final = {**dataclasses.asdict(Progress(epoch=4, finished=True)), "metrics": {"epoch": 4, "train_seconds": 1.0}}
     _checkpoint_with(tmp_path, monkeypatch, final)
-    engine = _Engine()
-    progress, _ = restore(engine)
-    assert progress.finished and progress.epoch == 4 and engine.loaded == []
+    progress, checkpoint = latest_progress()
+    assert progress.finished and progress.epoch == 4 and checkpoint is not None
 
 
 def test_no_checkpoint_starts_from_the_beginning(monkeypatch):
     import ray.train
 
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
-    assert restore(_Engine()) == (Progress(), None)
+    assert latest_progress() == (Progress(), None)
 
 
 def test_a_restart_after_the_final_checkpoint_reports_it_again_unchanged(tmp_path, monkeypatch):
