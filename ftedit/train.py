@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import math
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -103,38 +102,6 @@ def micro_batches(shard, train: TrainConfig, seed: int):
         yield {key: batch[key] for key in ("input_ids", "labels")}
 
 
-def started_early(batches):
-    """`batches`, an iterator, with its first item already being fetched on a side thread.
-
-    A Ray Data shard's first batch waits for its streaming split to start and for the local
-    shuffle buffer to fill: 11-13% of the first 10 training steps on CPU (BENCHMARKS.md, speed).
-    Started before the model loads, that wait overlaps loading and DeepSpeed's initialisation.
-    The side thread is joined before the first item is handed out, so the iterator is never
-    advanced from two threads at once.
-    """
-    first: dict = {}
-
-    def fetch():
-        try:
-            first["item"] = next(batches)
-        except BaseException as error:  # StopIteration too: re-raised in the consumer's thread
-            first["error"] = error
-
-    thread = threading.Thread(target=fetch, name="first-batch", daemon=True)
-    thread.start()
-
-    def chained():
-        thread.join()
-        if isinstance(first.get("error"), StopIteration):
-            return
-        if "error" in first:
-            raise first["error"]
-        yield first["item"]
-        yield from batches
-
-    return chained()
-
-
 def train_loop_per_worker(loop_config: dict) -> None:
     """Runs on every Ray Train worker. `loop_config`: the run config as a dict, model path, counts."""
     cfg: RunConfig = from_dict(RunConfig, loop_config["run"])
@@ -165,18 +132,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.seed)
 
     # A restarted worker group (a worker died) or a re-submitted job resumes from the latest
-    # checkpoint: weights, optimizer and scheduler state, and where in the epochs it stood.
+    # checkpoint: weights, optimizer and scheduler state, and where in the epochs it stood. A
+    # restart after the final checkpoint only reports it again, without building the model.
     progress, restored = latest_progress()
     if restored is not None and progress.finished:
         report_finished_again(restored, rank)
         return
-    shard = ray.train.get_dataset_shard("train")
-    # Each epoch reads the shard in a new seeded order (the same order after a restart). The
-    # first epoch's read starts now, so its first batch is ready when the model is.
-    def epoch_batches(epoch: int):
-        return micro_batches(shard, train, cfg.seed * 1000 + epoch)
-
-    upcoming = started_early(epoch_batches(progress.epoch))
 
     for lock in stale_build_locks():
         log.warning("%s was left by an interrupted op build, and DeepSpeed will wait on it for ever: "
@@ -217,6 +178,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                      train.zero_stage)
 
     probe = [EditRequest.from_dict(d) for d in loop_config.get("probe", [])]
+    shard = ray.train.get_dataset_shard("train")
     if restored is not None:
         load_engine_state(engine, restored)
     if restored is not None and rank == 0:
@@ -233,7 +195,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         return train_seconds_before + time.perf_counter() - started - probe_seconds
 
     for epoch in range(progress.epoch, train.epochs):
-        batches = upcoming if epoch == progress.epoch else epoch_batches(epoch)
+        # Each epoch re-reads the shard in a new seeded order (the same order after a restart).
+        batches = iter(micro_batches(shard, train, cfg.seed * 1000 + epoch))
         for _ in range(progress.micro_step):  # trained before the mid-epoch checkpoint
             next(batches)
         while True:
