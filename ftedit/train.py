@@ -181,9 +181,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     if restored is not None:
         load_engine_state(engine, restored)
-    if restored is not None and rank == 0:
-        log.info("resumed from checkpoint %s: epoch %d, micro-batch %d of it (restart %d)",
-                 restored.path, progress.epoch + 1, progress.micro_step, progress.restarts)
+        if rank == 0:
+            log.info("resumed from checkpoint %s: epoch %d, micro-batch %d of it (restart %d)",
+                     restored.path, progress.epoch + 1, progress.micro_step, progress.restarts)
     started = time.perf_counter()
     train_seconds_before = progress.train_seconds  # time of earlier attempts
     probe_seconds = 0.0
