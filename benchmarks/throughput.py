@@ -1,15 +1,21 @@
-"""Speed benchmark, side by side in one process on the same model, examples and micro-batches:
+"""Speed benchmark, side by side in one run on the same model, examples and micro-batches:
 
 1. training tokens/s of a plain single-process PyTorch loop (peft LoRA, torch AdamW) against
    the Ray Train + DeepSpeed path with 1 worker (`ftedit.train.fit`), whose start-up (Ray
    Train workers, model load, DeepSpeed initialisation, checkpointing) is reported separately;
-   between them, the same DeepSpeed engine (the config's ZeRO stage) driven in this process
-   without Ray Train, which splits the gap into what DeepSpeed costs and what the Ray Train
-   worker costs;
+   between them, the same DeepSpeed engine (the config's ZeRO stage) driven without Ray Train,
+   which splits the gap into what DeepSpeed costs and what the Ray Train worker costs;
 2. scoring throughput of the evaluation (`score_probes`) against forward-only passes of the
    same model over the same packed rows.
 
     python benchmarks/throughput.py --config configs/bench-counterfact-smollm2.yaml [--edits 30] [--repeats 3] [--output NAME] [key=value ...]
+
+Every training measurement starts in a fresh process, as the Ray Train worker does: the plain
+loop and the DeepSpeed engine each run in a child process of this one (`--child`), over the
+worker's micro-batches in the worker's seeded order, saved once, packed inside the timed loop as
+the worker packs them. This process never trains: on the 2-core VMs here, a driver that had
+trained in-process made the next Ray Train worker's first steps 2-3x slower (page faults 5-8x
+dearer; BENCHMARKS.md), which measured the driver, not the path.
 
 The training paths are measured in alternation (plain, DeepSpeed, Ray Train, plain, ...) and each
 ratio is that of the medians: on a small shared machine one measurement of each can differ by
@@ -24,8 +30,11 @@ machine: on 2 cores anything else running distorts it.
 import argparse
 import datetime
 import logging
+import json
 import os
+import pickle
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,17 +66,36 @@ def _trainable_model(cfg, model_path):
     return model, params, optimizer, pad_token_id(tokenizer)
 
 
-def _packed_micro_batches(cfg, dataset, pad: int):
-    """Every epoch's micro-batches, packed, in the train loop's seeded order."""
-    from ftedit.tokenize import pack_batch
+def epoch_micro_batches(cfg, dataset) -> list[list[dict]]:
+    """Every epoch's micro-batches (token ids and labels, unpacked) in the train loop's seeded order."""
     from ftedit.train import micro_batches
 
-    for epoch in range(cfg.train.epochs):
-        for batch in micro_batches(dataset, cfg.train, cfg.seed * 1000 + epoch):
-            yield pack_batch(batch["input_ids"], batch["labels"], pad, cfg.train.pack_length)
+    return [list(micro_batches(dataset, cfg.train, cfg.seed * 1000 + epoch)) for epoch in range(cfg.train.epochs)]
 
 
-def plain_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
+def _timed_steps(epochs: list[list[dict]], pad: int, pack_length: int, step) -> dict:
+    """Packs each micro-batch (as the worker does, inside the timed loop) and runs `step` on it.
+
+    Returns tokens, seconds and tokens/s, and the rate of the first 10 micro-steps apart: a
+    fresh process's first steps are where the paths have differed.
+    """
+    from ftedit.tokenize import pack_batch
+
+    tokens, micro_steps, started = 0, 0, time.perf_counter()
+    first_10 = None
+    for batches in epochs:
+        for batch in batches:
+            packed = pack_batch(batch["input_ids"], batch["labels"], pad, pack_length)
+            step(packed)
+            tokens += int((packed["example"] >= 0).sum())
+            micro_steps += 1
+            if micro_steps == 10:
+                first_10 = tokens / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "first_10_tokens_per_s": first_10}
+
+
+def plain_loop_tokens_per_s(cfg, model_path, epochs: list[list[dict]]) -> dict:
     """The training step without Ray or DeepSpeed: same model, LoRA, batches, packing, optimizer."""
     import torch
 
@@ -78,27 +106,29 @@ def plain_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
     device_type = next(model.parameters()).device.type
     mixed = torch.autocast(device_type, dtype=torch.bfloat16, enabled=train.precision == "bf16-mixed")
     model.train()
-    tokens, micro_steps, started = 0, 0, time.perf_counter()
-    for packed in _packed_micro_batches(cfg, dataset, pad):
+    micro_steps = 0
+
+    def step(packed):
+        nonlocal micro_steps
         with mixed:  # what DeepSpeed's torch_autocast does around the engine's forward
             loss = lm_loss(model, packed) / train.grad_accum_steps
         loss.backward()
         micro_steps += 1
-        tokens += int((packed["example"] >= 0).sum())
         if micro_steps % train.grad_accum_steps == 0:
             torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    seconds = time.perf_counter() - started
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+        loss.item()  # as the train loop logs it
+
+    return _timed_steps(epochs, pad, train.pack_length, step)
 
 
-def deepspeed_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
-    """The plain loop's micro-batches through the train loop's DeepSpeed engine, in this process.
+def deepspeed_loop_tokens_per_s(cfg, model_path, epochs: list[list[dict]]) -> dict:
+    """The plain loop's micro-batches through the train loop's DeepSpeed engine, without Ray Train.
 
-    The same engine, ZeRO settings and step as `ftedit.train` (`deepspeed_config`), without Ray
-    Train: no worker process, no side thread, no Ray Data shard. Needs a torch.distributed group,
-    which `join_single_process_group` sets up once.
+    The same engine, ZeRO settings and step as `ftedit.train` (`deepspeed_config`): no Ray Train
+    worker, no side thread, no Ray Data shard. Needs a torch.distributed group, which
+    `join_single_process_group` sets up.
     """
     import deepspeed
 
@@ -110,20 +140,47 @@ def deepspeed_loop_tokens_per_s(cfg, model_path, dataset) -> dict:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg.train))
     startup = time.perf_counter() - started
     engine.train()
-    tokens, started = 0, time.perf_counter()
-    for packed in _packed_micro_batches(cfg, dataset, pad):
+
+    def step(packed):
         loss = lm_loss(engine, packed)  # the engine scales by gradient accumulation itself
         engine.backward(loss)
         engine.step()
         loss.item()  # as the train loop logs it
-        tokens += int((packed["example"] >= 0).sum())
-    seconds = time.perf_counter() - started
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "startup_seconds": startup}
+
+    return {**_timed_steps(epochs, pad, cfg.train.pack_length, step), "startup_seconds": startup}
+
+
+CHILD_PATHS = {"plain": plain_loop_tokens_per_s, "deepspeed": deepspeed_loop_tokens_per_s}
+
+
+def run_child(path: str, cfg, model_path, batches_file: Path) -> None:
+    """In a `--child` process: one measurement of `path` over the saved micro-batches, printed as
+    the last line (`RESULT {...}`)."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.train.torch_threads or os.cpu_count() or 1)  # as the one worker sets it
+    with open(batches_file, "rb") as f:
+        epochs = pickle.load(f)  # written by this benchmark's parent process a moment ago
+    if path == "deepspeed":
+        join_single_process_group()
+    print("RESULT " + json.dumps(CHILD_PATHS[path](cfg, model_path, epochs)), flush=True)
+
+
+def measure_in_child(path: str, args, overrides: list[str], model_path, batches_file: Path) -> dict:
+    """One measurement of `path` in a fresh process (this script with `--child`)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--config", str(Path(args.config).resolve()),
+               "--edits", str(args.edits), "--epochs", str(args.epochs), "--child", path,
+               "--model-path", str(model_path), "--batches", str(batches_file), *overrides]
+    done = subprocess.run(command, capture_output=True, text=True)
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not results:
+        raise RuntimeError(f"the {path} measurement failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(results[-1][len("RESULT "):])
 
 
 def join_single_process_group() -> None:
-    """A one-process gloo group on a free local port, for the in-process DeepSpeed path."""
-    import os
+    """A one-process gloo group on a free local port, for the DeepSpeed path without Ray Train."""
     import socket
 
     import deepspeed
@@ -182,15 +239,15 @@ def render_table(r: dict) -> str:
     return "\n".join([
         f"| measurement | tokens/s (median of {n}) | range | ratio | bar |",
         "|---|---:|---:|---:|---|",
-        f"| plain PyTorch training loop (1 process) | {r['plain']['tokens_per_s']:.0f} | {_spread(r['plain_runs'])} | 1.00 | |",
-        f"| DeepSpeed ZeRO-{r['zero_stage']} engine in the same process (no Ray Train) | "
+        f"| plain PyTorch training loop (a fresh process) | {r['plain']['tokens_per_s']:.0f} | {_spread(r['plain_runs'])} | 1.00 | |",
+        f"| DeepSpeed ZeRO-{r['zero_stage']} engine, no Ray Train (a fresh process) | "
         f"{r['deepspeed']['tokens_per_s']:.0f} | {_spread(r['deepspeed_runs'])} | {r['deepspeed_ratio']:.2f} | |",
         f"| Ray Train + DeepSpeed ZeRO-{r['zero_stage']}, 1 worker | {r['ray']['tokens_per_s']:.0f} "
         f"| {_spread(r['ray_runs'])} | {r['train_ratio']:.2f} | >= 0.9 |",
         f"| forward-only passes over the evaluation's packed rows | {r['eval']['forward_tokens_per_s']:.0f} | | 1.00 | |",
         f"| evaluation scoring (`score_probes`) | {r['eval']['scoring_tokens_per_s']:.0f} | | {r['eval_ratio']:.2f} | >= 0.8 |",
         "",
-        f"Ratio to the plain loop in each alternating round: DeepSpeed in the same process {_pairs(r['deepspeed_pair_ratios'])}; "
+        f"Ratio to the plain loop in each alternating round: DeepSpeed without Ray Train {_pairs(r['deepspeed_pair_ratios'])}; "
         f"Ray Train {_pairs(r['pair_ratios'])}. Outside the measured loops (medians): DeepSpeed initialisation "
         f"{r['deepspeed']['startup_seconds']:.1f} s; Ray Train start-up (workers, model load, DeepSpeed init) and "
         f"checkpointing {r['ray']['startup_seconds']:.0f} s. {r['n_edits']} edits, {r['examples']} examples, {r['epochs']} epoch(s) "
@@ -258,8 +315,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of each training path (odd)")
     parser.add_argument("--output", default="throughput", metavar="NAME",
                         help="results/NAME.json and the BENCHMARKS.md table between the NAME markers")
+    parser.add_argument("--child", choices=sorted(CHILD_PATHS), help=argparse.SUPPRESS)  # one measurement, internal
+    parser.add_argument("--model-path", help=argparse.SUPPRESS)
+    parser.add_argument("--batches", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    fixed = [f"data.limit={args.edits}", f"train.epochs={args.epochs}", "train.num_workers=1", "eval.probe_edits=0"]
+    if args.child:
+        cfg = load_config(args.config, [*args.overrides, *fixed])
+        run_child(args.child, cfg, args.model_path, Path(args.batches))
+        return
     if args.repeats < 1 or args.repeats % 2 == 0:
         parser.error("--repeats must be odd (1, 3, 5, ...): the median is then one measured run of each path")
     try:
@@ -273,23 +338,21 @@ def main() -> None:
     from ftedit.train import fit
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(args.config, [*args.overrides, f"data.limit={args.edits}", f"train.epochs={args.epochs}",
-                                        "train.num_workers=1", "eval.probe_edits=0", f"output.dir={tmp}/run"])
+        cfg = load_config(args.config, [*args.overrides, *fixed, f"output.dir={tmp}/run"])
         inputs = load_inputs(cfg)
         model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
         augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
-        dataset, counts = training_dataset(cfg, inputs, augmentation)
-
-        evaluation = scoring_vs_forward(cfg, inputs, model, tokenizer)
         del model
-        log.info("scoring: %s", evaluation)
-        join_single_process_group()
+        dataset, counts = training_dataset(cfg, inputs, augmentation)
+        batches_file = Path(tmp) / "micro_batches.pkl"
+        with open(batches_file, "wb") as f:
+            pickle.dump(epoch_micro_batches(cfg, dataset), f)
+
         plain_runs, deepspeed_runs, ray_runs = [], [], []
         for repeat in range(args.repeats):
-            plain_runs.append(plain_loop_tokens_per_s(cfg, inputs.model_path, dataset))
-            log.info("plain loop %d/%d: %s", repeat + 1, args.repeats, plain_runs[-1])
-            deepspeed_runs.append(deepspeed_loop_tokens_per_s(cfg, inputs.model_path, dataset))
-            log.info("deepspeed in this process %d/%d: %s", repeat + 1, args.repeats, deepspeed_runs[-1])
+            for path, runs in (("plain", plain_runs), ("deepspeed", deepspeed_runs)):
+                runs.append(measure_in_child(path, args, args.overrides, inputs.model_path, batches_file))
+                log.info("%s %d/%d: %s", path, repeat + 1, args.repeats, runs[-1])
             started = time.perf_counter()
             _, metrics = fit(cfg, inputs.model_path, dataset, counts["examples"], Path(tmp) / f"ray{repeat}")
             wall = time.perf_counter() - started
@@ -297,6 +360,11 @@ def main() -> None:
                              "tokens_per_s": metrics["train_tokens_per_s"],
                              "startup_seconds": wall - metrics["train_seconds"]})
             log.info("ray train %d/%d: %s", repeat + 1, args.repeats, ray_runs[-1])
+
+        # Scoring last, after every training measurement: it runs the model in this process.
+        model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
+        evaluation = scoring_vs_forward(cfg, inputs, model, tokenizer)
+        log.info("scoring: %s", evaluation)
 
     result = {
         "config": args.config,
