@@ -26,6 +26,11 @@ class ConfigError(ValueError):
         self.key = key
         self.message = message
 
+    def __reduce__(self):
+        # Exceptions pickle via self.args (the formatted text alone), which this __init__ cannot
+        # take: raised in a Ray worker or Tune trial, the error would arrive as a TypeError.
+        return (type(self), (self.key, self.message))
+
 
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:

@@ -62,6 +62,17 @@ def test_bad_values_name_the_dotted_key(override, key):
     assert str(info.value).startswith(f"{key}:")
 
 
+def test_a_config_error_survives_pickling_as_raised_in_a_ray_worker():
+    """Ray sends a worker's or Tune trial's exception to the driver pickled; it must arrive whole."""
+    import pickle
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.lr=-1"])
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is ConfigError
+    assert (copy.key, copy.message, str(copy)) == (info.value.key, info.value.message, str(info.value))
+
+
 def test_unknown_key_in_yaml_names_file_path(tmp_path):
     path = write(tmp_path, "model:\n  pth: x\n")
     with pytest.raises(ConfigError, match=r"model\.pth: unknown key"):
