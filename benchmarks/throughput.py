@@ -14,8 +14,8 @@ Every training measurement starts in a fresh process, as the Ray Train worker do
 loop and the DeepSpeed engine each run in a child process of this one (`--child`), over the
 worker's micro-batches in the worker's seeded order, saved once, packed inside the timed loop as
 the worker packs them. This process never trains: on the 2-core VMs here, a driver that had
-trained in-process made the next Ray Train worker's first steps 2-3x slower (page faults 5-8x
-dearer; BENCHMARKS.md), which measured the driver, not the path.
+trained in-process made the next Ray Train worker's first steps 2-3x slower (each page fault about
+8x dearer; BENCHMARKS.md), which measured the driver, not the path.
 
 The training paths are measured in alternation (plain, DeepSpeed, Ray Train, plain, ...) and each
 ratio is that of the medians: on a small shared machine one measurement of each can differ by
@@ -29,8 +29,8 @@ machine: on 2 cores anything else running distorts it.
 
 import argparse
 import datetime
-import logging
 import json
+import logging
 import os
 import pickle
 import statistics
