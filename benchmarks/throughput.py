@@ -158,7 +158,6 @@ def run_child(path: str, cfg, model_path, batches_file: Path) -> None:
     the last line (`RESULT {...}`)."""
     import torch
 
-    torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.train.torch_threads or os.cpu_count() or 1)  # as the one worker sets it
     with open(batches_file, "rb") as f:
         epochs = pickle.load(f)  # written by this benchmark's parent process a moment ago
