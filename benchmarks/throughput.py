@@ -8,7 +8,11 @@
 2. scoring throughput of the evaluation (`score_probes`) against forward-only passes of the
    same model over the same packed rows.
 
-    python benchmarks/throughput.py --config configs/bench-counterfact-smollm2.yaml [--edits 30] [--repeats 3] [--output NAME] [key=value ...]
+    python benchmarks/throughput.py --config configs/bench-counterfact-smollm2.yaml [--edits 30] [--repeats 3] [--output NAME] [--peak-tflops P] [key=value ...]
+
+On a GPU node, `train.use_gpu=true` runs every path on the GPU (the plain loop and the engine on
+this process's accelerator, Ray Train on a worker's GPU), and `--peak-tflops` (the device's dense
+peak at the trained precision) adds MFU to the model FLOP/s every run reports.
 
 Every training measurement starts in a fresh process, as the Ray Train worker does: the plain
 loop and the DeepSpeed engine each run in a child process of this one (`--child`), over the
@@ -55,15 +59,36 @@ def _trainable_model(cfg, model_path):
     """(model, params, optimizer, pad id) built as the train loop builds them, for both in-process paths."""
     import torch
 
-    from ftedit.model import load_causal_lm, pad_token_id, prepare_for_training, trainable_parameters
+    from ftedit.model import accelerator_device, load_causal_lm, pad_token_id, prepare_for_training, trainable_parameters
 
     train = cfg.train
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_causal_lm(model_path, cfg.model.dtype, train.attention)
+    if train.use_gpu:
+        model.to(accelerator_device())  # where Ray Train's worker (and its DeepSpeed engine) trains
     model = prepare_for_training(model, train, cfg.lora, cfg.seed)  # as the train loop does
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
     return model, params, optimizer, pad_token_id(tokenizer)
+
+
+def training_flops_per_token(model) -> dict:
+    """Matmul FLOPs per trained token in the linear layers (the model FLOPs of MFU).
+
+    Each linear weight costs 2 FLOPs per token forward and 2 backward for its input's gradient;
+    a trainable one 2 more for its own gradient: 6N when every weight trains, LoRA 4N plus 6 per
+    adapter weight. The output head counts as a linear layer (tied to the embeddings or not).
+    Attention scores (QK^T, AV) are left out: they grow with the row length and are a few
+    percent of this for edit-length rows.
+    """
+    import torch
+
+    linear = trainable = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):  # peft's LoRA wrapper is not one; its parts are
+            linear += module.weight.numel()
+            trainable += module.weight.numel() if module.weight.requires_grad else 0
+    return {"linear_params": linear, "trainable_linear_params": trainable, "flops_per_token": 4 * linear + 2 * trainable}
 
 
 def epoch_micro_batches(cfg, dataset) -> list[list[dict]]:
@@ -103,24 +128,24 @@ def plain_loop_tokens_per_s(cfg, model_path, epochs: list[list[dict]]) -> dict:
 
     train = cfg.train
     model, params, optimizer, pad = _trainable_model(cfg, model_path)
-    device_type = next(model.parameters()).device.type
-    mixed = torch.autocast(device_type, dtype=torch.bfloat16, enabled=train.precision == "bf16-mixed")
+    device = next(model.parameters()).device
+    mixed = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16-mixed")
     model.train()
     micro_steps = 0
 
     def step(packed):
         nonlocal micro_steps
         with mixed:  # what DeepSpeed's torch_autocast does around the engine's forward
-            loss = lm_loss(model, packed) / train.grad_accum_steps
+            loss = lm_loss(model, {k: v.to(device) for k, v in packed.items()}) / train.grad_accum_steps
         loss.backward()
         micro_steps += 1
         if micro_steps % train.grad_accum_steps == 0:
             torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        loss.item()  # as the train loop logs it
+        loss.item()  # as the train loop logs it (and on a GPU, waits for the step)
 
-    return _timed_steps(epochs, pad, train.pack_length, step)
+    return {**_timed_steps(epochs, pad, train.pack_length, step), **training_flops_per_token(model)}
 
 
 def deepspeed_loop_tokens_per_s(cfg, model_path, epochs: list[list[dict]]) -> dict:
@@ -142,7 +167,7 @@ def deepspeed_loop_tokens_per_s(cfg, model_path, epochs: list[list[dict]]) -> di
     engine.train()
 
     def step(packed):
-        loss = lm_loss(engine, packed)  # the engine scales by gradient accumulation itself
+        loss = lm_loss(engine, {k: v.to(engine.device) for k, v in packed.items()})  # the engine scales by grad accumulation
         engine.backward(loss)
         engine.step()
         loss.item()  # as the train loop logs it
@@ -162,7 +187,7 @@ def run_child(path: str, cfg, model_path, batches_file: Path) -> None:
     with open(batches_file, "rb") as f:
         epochs = pickle.load(f)  # written by this benchmark's parent process a moment ago
     if path == "deepspeed":
-        join_single_process_group()
+        join_single_process_group(cfg.train.use_gpu)
     print("RESULT " + json.dumps(CHILD_PATHS[path](cfg, model_path, epochs)), flush=True)
 
 
@@ -178,8 +203,9 @@ def measure_in_child(path: str, args, overrides: list[str], model_path, batches_
     return json.loads(results[-1][len("RESULT "):])
 
 
-def join_single_process_group() -> None:
-    """A one-process gloo group on a free local port, for the DeepSpeed path without Ray Train."""
+def join_single_process_group(use_gpu: bool = False) -> None:
+    """A one-process group on a free local port, for the DeepSpeed path without Ray Train: gloo
+    on CPU, the accelerator's own backend (NCCL on NVIDIA GPUs) on a GPU, as Ray Train picks."""
     import socket
 
     import deepspeed
@@ -189,8 +215,9 @@ def join_single_process_group() -> None:
         port = s.getsockname()[1]
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    deepspeed.init_distributed(dist_backend="gloo")
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    deepspeed.init_distributed(dist_backend=None if use_gpu else "gloo")  # None: DeepSpeed's accelerator's backend
 
 
 def scoring_vs_forward(cfg, inputs, model, tokenizer) -> dict:
@@ -208,14 +235,20 @@ def scoring_vs_forward(cfg, inputs, model, tokenizer) -> dict:
     size, pad = cfg.eval.batch_size, pad_token_id(tokenizer)
     batches = [pack_batch([e["input_ids"] for e in encoded[i:i + size]], [e["labels"] for e in encoded[i:i + size]],
                           pad, cfg.eval.pack_length) for i in range(0, len(encoded), size)]
+    device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():
         # Untimed first pass: thread pools and allocator warm up here, not inside the timed
         # forward passes (timed first, they would otherwise pay for the scoring run after them).
-        model(input_ids=batches[0]["input_ids"], position_ids=batches[0]["position_ids"], use_cache=False)
+        model(input_ids=batches[0]["input_ids"].to(device), position_ids=batches[0]["position_ids"].to(device),
+              use_cache=False)
         started = time.perf_counter()
         for batch in batches:
-            model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+            # Moved to the device inside the timed loop, as score_probes moves its batches;
+            # .item() waits for the forward pass on a GPU, as score_probes's results do.
+            logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                           use_cache=False).logits
+            logits[0, 0, 0].item()
         forward = time.perf_counter() - started
     started = time.perf_counter()
     score_probes(model, tokenizer, probes, size, cfg.eval.pack_length)
@@ -231,6 +264,34 @@ def _spread(runs: list[dict]) -> str:
 
 def _pairs(ratios: list[float]) -> str:
     return ", ".join(f"{x:.2f}" for x in ratios)
+
+
+def model_flops(comparison: dict, peak_tflops: float | None) -> dict:
+    """Model FLOP/s of each training path's median run, and MFU against `peak_tflops` (the
+    device's dense peak at the precision trained, from its data sheet; None: not reported)."""
+    per_token = comparison["plain"]["flops_per_token"]  # the plain child counted them on the same model
+    tflops = {path: comparison[path]["tokens_per_s"] * per_token / 1e12 for path in ("plain", "deepspeed", "ray")}
+    return {
+        "flops_per_token": per_token,
+        "linear_params": comparison["plain"]["linear_params"],
+        "trainable_linear_params": comparison["plain"]["trainable_linear_params"],
+        "tflops": tflops,
+        "peak_tflops": peak_tflops,
+        "mfu": {path: value / peak_tflops for path, value in tflops.items()} if peak_tflops else None,
+    }
+
+
+def _flops_line(f: dict) -> str:
+    paths = (("plain loop", "plain"), ("DeepSpeed", "deepspeed"), ("Ray Train", "ray"))
+    achieved = "; ".join(f"{name} {f['tflops'][path]:.3g} TFLOP/s" for name, path in paths)
+    if f["mfu"]:
+        mfu = ", ".join(f"{name} {100 * f['mfu'][path]:.3g}%" for name, path in paths)
+        mfu = f"MFU against a peak of {f['peak_tflops']:g} TFLOP/s: {mfu}."
+    else:
+        mfu = "MFU: not reported (no `--peak-tflops` given for this device)."
+    return (f"Model FLOPs: {f['flops_per_token'] / 1e9:.3g} GFLOP per trained token (4 per weight of the "
+            f"{f['linear_params'] / 1e6:.1f}M in linear layers, 2 more per trainable one of "
+            f"{f['trainable_linear_params'] / 1e6:.2f}M; attention scores left out); {achieved}. {mfu}")
 
 
 def render_table(r: dict) -> str:
@@ -251,6 +312,7 @@ def render_table(r: dict) -> str:
         f"{r['deepspeed']['startup_seconds']:.1f} s; Ray Train start-up (workers, model load, DeepSpeed init) and "
         f"checkpointing {r['ray']['startup_seconds']:.0f} s. {r['n_edits']} edits, {r['examples']} examples, {r['epochs']} epoch(s) "
         f"per measurement; {r['machine']}; {r['date']}. Command: `{r['command']}`",
+        *(["", _flops_line(r["model_flops"])] if r.get("model_flops") else []),
     ])
 
 
@@ -314,6 +376,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of each training path (odd)")
     parser.add_argument("--output", default="throughput", metavar="NAME",
                         help="results/NAME.json and the BENCHMARKS.md table between the NAME markers")
+    parser.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
+                        help="the device's dense peak at the trained precision (data sheet), for MFU; "
+                             "e.g. 989 for an H100 SXM in bf16")
     parser.add_argument("--child", choices=sorted(CHILD_PATHS), help=argparse.SUPPRESS)  # one measurement, internal
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
     parser.add_argument("--batches", help=argparse.SUPPRESS)
@@ -326,13 +391,15 @@ def main() -> None:
         return
     if args.repeats < 1 or args.repeats % 2 == 0:
         parser.error("--repeats must be odd (1, 3, 5, ...): the median is then one measured run of each path")
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        parser.error(f"--peak-tflops must be > 0, got {args.peak_tflops}")
     try:
         markers = table_markers(args.output)
     except ValueError as error:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from ftedit.model import load_causal_lm
+    from ftedit.model import accelerator_device, load_causal_lm
     from ftedit.pipeline import load_inputs, prepare_augmentation, training_dataset
     from ftedit.train import fit
 
@@ -362,9 +429,12 @@ def main() -> None:
 
         # Scoring last, after every training measurement: it runs the model in this process.
         model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
+        if cfg.train.use_gpu:
+            model.to(accelerator_device())
         evaluation = scoring_vs_forward(cfg, inputs, model, tokenizer)
         log.info("scoring: %s", evaluation)
 
+    comparison = training_comparison(plain_runs, deepspeed_runs, ray_runs)
     result = {
         "config": args.config,
         "command": " ".join([*speed_environment(), "python benchmarks/throughput.py", *sys.argv[1:]]),
@@ -372,7 +442,8 @@ def main() -> None:
         "examples": counts["examples"],
         "epochs": args.epochs,
         "zero_stage": cfg.train.zero_stage,
-        **training_comparison(plain_runs, deepspeed_runs, ray_runs),
+        **comparison,
+        "model_flops": model_flops(comparison, args.peak_tflops),
         "eval": evaluation,
         "eval_ratio": evaluation["scoring_tokens_per_s"] / evaluation["forward_tokens_per_s"],
         "machine": machine(),

@@ -7,7 +7,15 @@ import pytest
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from throughput import median_run, render_table, speed_environment, table_markers, training_comparison  # noqa: E402
+from throughput import (  # noqa: E402
+    median_run,
+    model_flops,
+    render_table,
+    speed_environment,
+    table_markers,
+    training_comparison,
+    training_flops_per_token,
+)
 
 
 def test_the_median_run_is_the_middle_one_with_the_median_startup():
@@ -89,6 +97,8 @@ def test_each_path_trains_the_same_saved_micro_batches_in_a_fresh_process(tiny_m
         result = measure_in_child(path, args, overrides, tiny_model, batches_file)
         assert result["tokens"] == expected, path
         assert result["tokens_per_s"] > 0 and result["first_10_tokens_per_s"] > 0
+        if path == "plain":  # the model FLOPs of every path are counted on the plain loop's model
+            assert result["flops_per_token"] > 4 * result["linear_params"] > 0
     assert result["startup_seconds"] >= 0  # the DeepSpeed engine's initialisation, reported apart
 
 
@@ -100,3 +110,53 @@ def test_a_failed_child_measurement_raises_with_its_error(tmp_path):
     args = argparse.Namespace(config=str(REPO / "configs" / "smoke.yaml"), edits=6, epochs=1)
     with pytest.raises(RuntimeError, match="the plain measurement failed"):
         measure_in_child("plain", args, [], tmp_path / "no-model", tmp_path / "no-batches.pkl")
+
+
+def _tiny_linear_weights(vocab: int, rank: int = 0) -> tuple[int, int]:
+    """(every linear weight, LoRA adapter weights) of ftedit.tiny's Llama, from its dimensions:
+    hidden 64, MLP 128, 2 layers, 4 heads of 16, 2 key/value heads (32 wide), tied output head."""
+    shapes = [(64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)]  # q k v o gate up down
+    base = 2 * sum(i * o for i, o in shapes) + vocab * 64
+    adapters = 2 * sum(rank * (i + o) for i, o in shapes)  # lora_A: in x r, lora_B: r x out; no head
+    return base, adapters
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_model_flops_count_each_linear_weight_four_times_and_trainable_ones_six(tiny_model, tuning):
+    from ftedit.config import load_config
+    from ftedit.model import load_causal_lm, prepare_for_training
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml", [f"train.tuning={tuning}", "lora.rank=4"])
+    model, tokenizer = load_causal_lm(tiny_model)
+    model = prepare_for_training(model, cfg.train, cfg.lora, cfg.seed)
+    base, adapters = _tiny_linear_weights(len(tokenizer), rank=4 if tuning == "lora" else 0)
+    counted = training_flops_per_token(model)
+    if tuning == "lora":  # frozen base: 4 FLOPs per weight; adapters also get their own gradient
+        assert counted == {"linear_params": base + adapters, "trainable_linear_params": adapters,
+                           "flops_per_token": 4 * (base + adapters) + 2 * adapters}
+    else:  # the decoder layers train, the (tied) output head stays frozen
+        blocks = base - len(tokenizer) * 64
+        assert counted == {"linear_params": base, "trainable_linear_params": blocks, "flops_per_token": 4 * base + 2 * blocks}
+
+
+def test_model_flops_and_mfu_follow_the_median_runs_and_the_given_peak():
+    counts = {"flops_per_token": 2e9, "linear_params": 4e8, "trainable_linear_params": 1e8}
+    plain = [{"tokens_per_s": t, **counts} for t in (1000.0, 3000.0, 2000.0)]
+    deepspeed = [{"tokens_per_s": t, "startup_seconds": 1.0} for t in (1500.0, 1900.0, 1700.0)]
+    ray = [{"tokens_per_s": t, "startup_seconds": 9.0} for t in (1800.0, 1600.0, 1200.0)]
+    comparison = training_comparison(plain, deepspeed, ray)
+    with_peak = model_flops(comparison, peak_tflops=400.0)
+    assert with_peak["tflops"] == {"plain": 4.0, "deepspeed": 3.4, "ray": 3.2}
+    assert with_peak["mfu"] == {"plain": 0.01, "deepspeed": 0.0085, "ray": 0.008}
+    assert model_flops(comparison, peak_tflops=None)["mfu"] is None
+
+    result = {**comparison, "zero_stage": 0, "n_edits": 30, "examples": 630, "epochs": 1,
+              "eval": {"forward_tokens_per_s": 300.0, "scoring_tokens_per_s": 360.0}, "eval_ratio": 1.2,
+              "machine": "test", "date": "2026-12-04", "command": "python benchmarks/throughput.py"}
+    line = render_table({**result, "model_flops": with_peak}).splitlines()[-1]
+    assert line.startswith("Model FLOPs: 2 GFLOP per trained token (4 per weight of the 400.0M in linear layers, "
+                           "2 more per trainable one of 100.00M; attention scores left out); plain loop 4 TFLOP/s; "
+                           "DeepSpeed 3.4 TFLOP/s; Ray Train 3.2 TFLOP/s.")
+    assert line.endswith("MFU against a peak of 400 TFLOP/s: plain loop 1%, DeepSpeed 0.85%, Ray Train 0.8%.")
+    without = render_table({**result, "model_flops": model_flops(comparison, None)})
+    assert without.endswith("MFU: not reported (no `--peak-tflops` given for this device).")
