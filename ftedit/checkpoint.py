@@ -70,12 +70,17 @@ def latest_progress() -> tuple[Progress, object | None]:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return Progress(), None
-    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{PROGRESS_FILE}") as stream:
-        state = json.loads(stream.read())
+    state = _progress_state(checkpoint)
     # The final checkpoint's file also holds its metrics (report_final): keep Progress's fields.
     progress = Progress(**{k: v for k, v in state.items() if k in Progress.__dataclass_fields__})
     progress.restarts += 1
     return progress, checkpoint
+
+
+def _progress_state(checkpoint) -> dict:
+    """The checkpoint's progress file alone, read through its own filesystem (local, NFS or S3)."""
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{PROGRESS_FILE}") as stream:
+        return json.loads(stream.read())
 
 
 def load_engine_state(engine, checkpoint) -> None:
@@ -116,16 +121,20 @@ def report_final(save_weights, progress: Progress, metrics: dict, rank: int) -> 
 
 
 def report_finished_again(checkpoint, rank: int) -> None:
-    """A restart after the final checkpoint (the driver died while collecting it): report it again."""
+    """A restart after the final checkpoint (the driver died while collecting it): report it again.
+
+    Only rank 0 fetches the checkpoint, whose trained weights can be many GB in remote storage;
+    every rank reports the same metrics, read from the progress file alone.
+    """
     import ray.train
 
-    with checkpoint.as_directory() as directory:
-        state = json.loads((Path(directory) / PROGRESS_FILE).read_text())
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                shutil.copytree(directory, tmp, dirs_exist_ok=True)
-            ray.train.report(state["metrics"], checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
-                             checkpoint_dir_name="final")
+    metrics = _progress_state(checkpoint)["metrics"]
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name="final")
+        return
+    with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(directory, tmp, dirs_exist_ok=True)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name="final")
 
 
 def copy_trained_weights(checkpoint, destination: Path) -> None:

@@ -68,9 +68,16 @@ def test_a_restart_after_the_final_checkpoint_reports_it_again_unchanged(tmp_pat
                 files = {p.name: p.read_bytes() for p in sorted(Path(directory).iterdir())}
         reported.append((metrics, files, checkpoint_dir_name))
 
+    class NotFetched(ray.train.Checkpoint):  # rank 1 reads the progress file, never the weights
+        def as_directory(self):
+            raise AssertionError("only rank 0 fetches the final checkpoint")
+
+        def to_directory(self, path=None):
+            raise AssertionError("only rank 0 fetches the final checkpoint")
+
     monkeypatch.setattr(ray.train, "report", report)
-    for rank in (0, 1):
-        report_finished_again(ray.train.Checkpoint.from_directory(str(final_dir)), rank)
+    report_finished_again(ray.train.Checkpoint.from_directory(str(final_dir)), 0)
+    report_finished_again(NotFetched.from_directory(str(final_dir)), 1)
     (m0, files, name0), (m1, none, name1) = reported
     assert m0 == m1 == metrics and name0 == name1 == "final"
     assert files == {p.name: p.read_bytes() for p in sorted(final_dir.iterdir())} and none is None
