@@ -1,7 +1,7 @@
 """Fluency on prompts no run trained on: greedy generations from each edit's paraphrases.
 
-    python benchmarks/fluency_heldout.py --config configs/bench-counterfact-smollm2.yaml \
-        --runs runs/a runs/b [--labels "a" "b"]
+    python benchmarks/fluency_heldout.py --config configs/bench-counterfact-smollm2.yaml [key=value ...] \
+        --runs runs/a runs/b [--labels "a" "b"] [--output NAME]
 
 The job's fluency (`eval.fluency_tokens`) continues the data's generation prompts, or the edit
 prompt when the data has none (EasyEdit-style CounterFact, zsRE). The edit prompt is trained on,
@@ -11,7 +11,9 @@ and the unedited model of the config) continues the edits' paraphrase prompts in
 prompts that name the subject and that no run ever trains on (evaluation prompts are excluded
 from training). Reported per model: n-gram entropy (ROME/MEMIT fluency, x100) and how often a
 generation says the new target, and says it more than once (the "English English" failure).
-Results go to benchmarks/results/fluency-heldout.json and a table in BENCHMARKS.md.
+Results go to benchmarks/results/NAME.json and to the table between `<!-- NAME:start -->` and
+`<!-- NAME:end -->` in BENCHMARKS.md (NAME: `--output`, default fluency-heldout). The config
+overrides (e.g. `data.offset=100`) pick the same requests as the runs were given.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-TABLE_START, TABLE_END = "<!-- fluency-heldout:start -->", "<!-- fluency-heldout:end -->"
 
 
 def heldout_prompts(requests) -> list[tuple[str, str]]:
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--labels", nargs="*", help="a label per run (default: the run directory's name)")
     parser.add_argument("--tokens", type=int, default=50, help="generated tokens per prompt (ROME: 50)")
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--output", default="fluency-heldout", help="results file and BENCHMARKS.md table name")
+    parser.add_argument("overrides", nargs="*", help="config overrides the runs were given, e.g. data.offset=100 (before --runs)")
     parser.add_argument("--benchmarks-md", default=str(REPO / "BENCHMARKS.md"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -85,7 +88,7 @@ def main() -> None:
     from ftedit.assets import resolve_model_path
     from ftedit.requests import load_requests
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     requests = load_requests(cfg.data.requests, cfg.data.format, cfg.data.limit, cfg.data.zsre_target,
                              offset=cfg.data.offset).requests
     pairs = heldout_prompts(requests)
@@ -101,11 +104,12 @@ def main() -> None:
     command = " ".join(["python benchmarks/fluency_heldout.py", *sys.argv[1:]])
     result = {"config": args.config, "command": command, "date": datetime.date.today().isoformat(), "rows": rows}
     Path(args.results).mkdir(parents=True, exist_ok=True)
-    (Path(args.results) / "fluency-heldout.json").write_text(json.dumps(result, indent=2) + "\n")
+    (Path(args.results) / f"{args.output}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = Path(args.benchmarks_md)
     text = md.read_text()
-    if TABLE_START in text:
-        md.write_text(replace_between(text, TABLE_START, TABLE_END, render_table(rows)))
+    start, end = f"<!-- {args.output}:start -->", f"<!-- {args.output}:end -->"
+    if start in text:
+        md.write_text(replace_between(text, start, end, render_table(rows)))
     print(render_table(rows))
 
 
