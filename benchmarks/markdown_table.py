@@ -23,3 +23,14 @@ def publish(result: dict, json_path: Path, markers: tuple[str, str], table: str,
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     benchmarks_md.write_text(replace_between(benchmarks_md.read_text(), *markers, table))
     print(table)
+
+
+def table_markers(name: str, benchmarks_md: Path = BENCHMARKS_MD) -> tuple[str, str]:
+    """The marker lines the table of `--output NAME` goes between; both must be in BENCHMARKS.md
+    (checked before anything is measured, so a long run cannot end without a place to write)."""
+    markers = (f"<!-- {name}:start -->", f"<!-- {name}:end -->")
+    text = benchmarks_md.read_text()
+    missing = [m for m in markers if m not in text]
+    if missing:
+        raise ValueError(f"{benchmarks_md}: no {' and no '.join(missing)} line for the table of --output {name}")
+    return markers

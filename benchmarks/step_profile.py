@@ -4,16 +4,18 @@ each speed setting of bf16-mixed training:
 
 - `train.attention`: transformers' SDPA against eager attention;
 - `prepare_for_autocast` (what the train loop does under bf16-mixed): frozen linear weights
-  held in bf16, no LoRA input up-cast. It changes no loss or gradient bit (tests/test_model.py).
+  held in bf16, no LoRA input up-cast. It changes no loss or gradient bit (tests/test_model.py);
+- `--precisions fp32 bf16-mixed`: the fp32 step beside them (does bf16 pay on this machine?).
 
-    python benchmarks/step_profile.py --config configs/bench-counterfact-smollm2.yaml [--repeats 3] [--ops] [key=value ...]
+    python benchmarks/step_profile.py --config configs/bench-counterfact-smollm2.yaml [--repeats 3] [--ops] \
+        [--precisions bf16-mixed fp32] [--attentions sdpa eager] [--output NAME] [key=value ...]
 
 Variants are measured in alternation, `--repeats` times each, and reported by their median; the
 batches are random tokens with the benchmark's lengths (prompt 9-18 tokens with its prefix,
 target 1-4, 32 examples per micro-batch: about 500 tokens). `--ops` also prints the top
 operators of one profiled step per variant (torch.profiler). Writes
-benchmarks/results/step_profile.json and the table between the step-profile markers in
-BENCHMARKS.md. Run it on an otherwise idle machine.
+benchmarks/results/NAME.json and the table between the NAME markers in BENCHMARKS.md (NAME:
+`--output`, default step-profile). Run it on an otherwise idle machine.
 """
 
 import argparse
@@ -28,12 +30,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.edit_quality import machine  # noqa: E402
-from benchmarks.markdown_table import publish  # noqa: E402
+from benchmarks.markdown_table import publish, table_markers  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-TABLE_START, TABLE_END = "<!-- step-profile:start -->", "<!-- step-profile:end -->"
-VARIANTS = [("sdpa", False), ("sdpa", True), ("eager", False), ("eager", True)]
+PRECISIONS = ("bf16-mixed", "fp32")
+ATTENTIONS = ("sdpa", "eager")
+
+
+def variants(precisions=("bf16-mixed",), attentions=ATTENTIONS) -> list[tuple[str, str, bool]]:
+    """(precision, attention, prepare_for_autocast) to measure; the bf16 casts apply to bf16-mixed only."""
+    return [(precision, attention, prepare) for precision in precisions for attention in attentions
+            for prepare in ((False, True) if precision == "bf16-mixed" else (False,))]
 
 
 def benchmark_batches(n: int, train, pad_id: int, vocab_size: int, seed: int = 0) -> list[dict]:
@@ -52,7 +60,8 @@ def benchmark_batches(n: int, train, pad_id: int, vocab_size: int, seed: int = 0
     return batches
 
 
-def measure(cfg, model_path, attention: str, prepare: bool, batches: list[dict], ops: bool) -> dict:
+def measure(cfg, model_path, attention: str, prepare: bool, batches: list[dict], ops: bool,
+            precision: str = "bf16-mixed") -> dict:
     """Tokens/s of the optimizer steps over `batches` (the first two warm up, untimed)."""
     import torch
 
@@ -69,7 +78,7 @@ def measure(cfg, model_path, attention: str, prepare: bool, batches: list[dict],
     device_type = next(model.parameters()).device.type  # where the loaded model lives
 
     def step(batch):
-        with torch.autocast(device_type, dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
             loss = lm_loss(model, batch)
         loss.backward()
         optimizer.step()
@@ -88,20 +97,21 @@ def measure(cfg, model_path, attention: str, prepare: bool, batches: list[dict],
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step(batches[0])
-        print(f"\n## {attention}, prepare_for_autocast={prepare}\n")
+        print(f"\n## {precision}, {attention}, prepare_for_autocast={prepare}\n")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     return result
 
 
 def render_table(result: dict) -> str:
     base = result["variants"][0]["tokens_per_s"]
-    lines = ["| attention | frozen linears in bf16, no LoRA input cast | tokens/s (median) | runs | vs first row |",
-             "|---|---|---:|---|---:|"]
+    lines = ["| precision | attention | frozen linears in bf16, no LoRA input cast | tokens/s (median) | runs "
+             "| vs first row |", "|---|---|---|---:|---|---:|"]
     for v in result["variants"]:
         runs = " / ".join(f"{t:.0f}" for t in v["runs"])
-        lines.append(f"| {v['attention']} | {'yes' if v['prepare'] else 'no'} | {v['tokens_per_s']:.0f} | {runs} | "
-                     f"{v['tokens_per_s'] / base:.2f}x |")
-    lines.append(f"\n{result['steps']} timed steps of ~{result['tokens_per_step']:.0f} tokens per run, bf16-mixed, "
+        precision = v.get("precision", "bf16-mixed")  # results from before the fp32 rows
+        lines.append(f"| {precision} | {v['attention']} | {'yes' if v['prepare'] else 'no'} | {v['tokens_per_s']:.0f} "
+                     f"| {runs} | {v['tokens_per_s'] / base:.2f}x |")
+    lines.append(f"\n{result['steps']} timed steps of ~{result['tokens_per_step']:.0f} tokens per run, "
                  f"{result['machine']}, {result['date']}. Command: `{result['command']}`")
     return "\n".join(lines)
 
@@ -112,8 +122,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ops", action="store_true", help="print the top operators of each variant")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["bf16-mixed"])
+    parser.add_argument("--attentions", nargs="+", choices=ATTENTIONS, default=list(ATTENTIONS))
+    parser.add_argument("--output", default="step-profile", metavar="NAME",
+                        help="results/NAME.json and the BENCHMARKS.md table between the NAME markers")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    try:
+        markers = table_markers(args.output)
+    except ValueError as error:
+        parser.error(str(error))
 
     import torch
 
@@ -127,22 +145,24 @@ def main() -> None:
     model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)  # the batches need its ids, not the model
     batches = benchmark_batches(args.steps + 2, cfg.train, pad_token_id(tokenizer), len(tokenizer), cfg.seed)
-    runs: dict = {variant: [] for variant in VARIANTS}
+    measured = variants(args.precisions, args.attentions)
+    runs: dict = {variant: [] for variant in measured}
     for repeat in range(args.repeats):
-        for attention, prepare in VARIANTS:
-            r = measure(cfg, model_path, attention, prepare, batches, args.ops and repeat == 0)
-            runs[(attention, prepare)].append(r["tokens_per_s"])
-            print(f"{attention:6s} prepare={prepare!s:5s} run {repeat + 1}: {r['tokens_per_s']:.0f} tokens/s", flush=True)
+        for precision, attention, prepare in measured:
+            r = measure(cfg, model_path, attention, prepare, batches, args.ops and repeat == 0, precision)
+            runs[(precision, attention, prepare)].append(r["tokens_per_s"])
+            print(f"{precision:10s} {attention:6s} prepare={prepare!s:5s} run {repeat + 1}: "
+                  f"{r['tokens_per_s']:.0f} tokens/s", flush=True)
     result = {
         "command": " ".join(["python benchmarks/step_profile.py", *sys.argv[1:]]),
         "steps": args.steps,
         "tokens_per_step": sum(int((b["example"] >= 0).sum()) for b in batches[2:]) / args.steps,
-        "variants": [{"attention": a, "prepare": p, "runs": runs[(a, p)],
-                      "tokens_per_s": statistics.median(runs[(a, p)])} for a, p in VARIANTS],
+        "variants": [{"precision": pr, "attention": a, "prepare": p, "runs": runs[(pr, a, p)],
+                      "tokens_per_s": statistics.median(runs[(pr, a, p)])} for pr, a, p in measured],
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
     }
-    publish(result, RESULTS / "step_profile.json", (TABLE_START, TABLE_END), render_table(result))
+    publish(result, RESULTS / f"{args.output}.json", markers, render_table(result))
 
 
 if __name__ == "__main__":

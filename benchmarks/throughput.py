@@ -32,6 +32,7 @@ machine: on 2 cores anything else running distorts it.
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -47,7 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.markdown_table import BENCHMARKS_MD, publish  # noqa: E402
+from benchmarks.markdown_table import publish, table_markers  # noqa: E402
 from benchmarks.edit_quality import machine  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
@@ -176,6 +177,19 @@ def deepspeed_loop_tokens_per_s(cfg, model_path, epochs: list[list[dict]]) -> di
 
 
 CHILD_PATHS = {"plain": plain_loop_tokens_per_s, "deepspeed": deepspeed_loop_tokens_per_s}
+
+
+def with_resolved_precision(cfg):
+    """`cfg` with `train.precision` as a Ray Train worker on this process's device would resolve
+    it (`auto`), so the plain and DeepSpeed children train in the precision the Ray path does."""
+    import torch
+
+    from ftedit.model import accelerator_device
+    from ftedit.precision import resolve_precision
+
+    device = accelerator_device() if cfg.train.use_gpu else torch.device("cpu")
+    train = dataclasses.replace(cfg.train, precision=resolve_precision(cfg.train.precision, device))
+    return dataclasses.replace(cfg, train=train)
 
 
 def run_child(path: str, cfg, model_path, batches_file: Path) -> None:
@@ -347,17 +361,6 @@ def training_comparison(plain_runs: list[dict], deepspeed_runs: list[dict], ray_
     }
 
 
-def table_markers(name: str, benchmarks_md: Path = BENCHMARKS_MD) -> tuple[str, str]:
-    """The marker lines the table of `--output NAME` goes between; both must be in BENCHMARKS.md
-    (checked before anything is measured, so a long run cannot end without a place to write)."""
-    markers = (f"<!-- {name}:start -->", f"<!-- {name}:end -->")
-    text = benchmarks_md.read_text()
-    missing = [m for m in markers if m not in text]
-    if missing:
-        raise ValueError(f"{benchmarks_md}: no {' and no '.join(missing)} line for the table of --output {name}")
-    return markers
-
-
 # Variables that change how fast torch runs on CPU (allocator, OpenMP); the ones set are written
 # into the recorded command, so a table measured under them says so and can be reproduced.
 SPEED_ENV_PREFIXES = ("LD_PRELOAD", "MALLOC_", "OMP_", "GOMP_", "KMP_", "MKL_")
@@ -387,7 +390,7 @@ def main() -> None:
     fixed = [f"data.limit={args.edits}", f"train.epochs={args.epochs}", "train.num_workers=1", "eval.probe_edits=0"]
     if args.child:
         cfg = load_config(args.config, [*args.overrides, *fixed])
-        run_child(args.child, cfg, args.model_path, Path(args.batches))
+        run_child(args.child, with_resolved_precision(cfg), args.model_path, Path(args.batches))
         return
     if args.repeats < 1 or args.repeats % 2 == 0:
         parser.error("--repeats must be odd (1, 3, 5, ...): the median is then one measured run of each path")

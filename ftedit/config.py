@@ -176,12 +176,15 @@ class TrainConfig:
     offload_optimizer: bool = False
     offload_params: bool = False
     """ZeRO-3 only: keep parameters in CPU memory."""
-    precision: Literal["fp32", "bf16-mixed", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16-mixed", "bf16", "fp16", "auto"] = "fp32"
     """`fp32`; `bf16-mixed`: fp32 weights and optimizer, matmuls in bf16 under torch.autocast
     (DeepSpeed's `torch_autocast`; with several workers it reduces the linear layers' gradients
     in bf16), fast on GPUs and on CPUs with AMX (the CounterFact benchmark job trains about 1.3x
     faster than in fp32 on a 2-core AMX VM); `bf16`/`fp16`: DeepSpeed's half-precision engine,
-    weights in 16 bits with fp32 master copies (GPUs)."""
+    weights in 16 bits with fp32 master copies (GPUs); `auto`: bf16-mixed where the worker's
+    device computes bf16 natively (AVX512-BF16 or AMX CPUs, Ampere+ GPUs), fp32 elsewhere, where
+    bf16 runs up to 100x slower (`ftedit/precision.py`). An explicit bf16 precision on such a
+    device stops the run before training. The run's summary records what the workers used."""
     attention: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = None
     """Attention kernel the training workers build the model with (transformers'
     `attn_implementation`); null = transformers' default (SDPA). On CPU under bf16-mixed, torch's

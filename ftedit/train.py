@@ -118,6 +118,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ftedit.checkpoint import (latest_progress, load_engine_state, report_final, report_finished_again,
                                    report_resumable)
     from ftedit.model import load_causal_lm, pad_token_id, prepare_for_training, trainable_parameters
+    from ftedit.precision import resolve_precision
     from ftedit.requests import EditRequest
     from ftedit.loss import lm_loss
     from ftedit.tokenize import pack_batch
@@ -130,6 +131,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     threads = train.torch_threads or max(1, (os.cpu_count() or 1) // context.get_local_world_size())
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
+    # `auto` precision becomes what this worker's device computes fast; explicit bf16 on a device
+    # without it stops here, before anything is loaded or written.
+    precision = resolve_precision(train.precision, ray.train.torch.get_device())
+    if precision != train.precision:
+        if rank == 0:
+            log.info("train.precision=%s: training in %s on %s", train.precision, precision,
+                     ray.train.torch.get_device())
+        train = dataclasses.replace(train, precision=precision)
+        cfg = dataclasses.replace(cfg, train=train)
 
     # A restarted worker group (a worker died) or a re-submitted job resumes from the latest
     # checkpoint: weights, optimizer and scheduler state, and where in the epochs it stood. A
@@ -258,6 +268,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         "train_tokens_per_s": tokens / max(progress.train_seconds, 1e-9),
         "optimizer_steps": engine.global_steps,
         "restarts": progress.restarts,
+        "precision": train.precision,  # as trained: `auto` resolved on the workers
     }
     report_final(lambda directory: _save_from_engine(engine, directory, train, rank), progress, metrics, rank)
 

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from benchmarks.markdown_table import table_markers
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -12,7 +13,6 @@ from throughput import (  # noqa: E402
     model_flops,
     render_table,
     speed_environment,
-    table_markers,
     training_comparison,
     training_flops_per_token,
 )
