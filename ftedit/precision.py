@@ -6,7 +6,9 @@ at 1.4 GFLOP/s against 149 in fp32, and the CounterFact benchmark job trained at
 bf16-mixed where fp32 runs at about 150 (BENCHMARKS.md, "bf16 on a CPU without bf16"). A config
 is written once and runs on many machines, so `train.precision=auto` picks per worker: bf16-mixed
 where its device has native bf16, fp32 elsewhere. An explicit bf16 request on a device without it
-stops the run before the model loads, instead of training 100x slower.
+stops the run before the model loads, instead of training 100x slower. Each worker resolves
+`auto` for its own device, so one run's workers should share a kind of device (one GPU node type),
+as DeepSpeed's reductions expect every rank in the same precision.
 """
 
 from __future__ import annotations
