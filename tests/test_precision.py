@@ -40,7 +40,7 @@ def test_cpu_probe_agrees_with_the_cpu_flags():
 
 def run_job(out, *overrides):
     return subprocess.run([sys.executable, "jobs/mass_edit.py", "--config", "configs/smoke.yaml", f"output.dir={out}",
-                           "data.limit=2", "train.epochs=1", *overrides],
+                           "data.limit=2", "train.epochs=1", "train.num_workers=1", *overrides],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
