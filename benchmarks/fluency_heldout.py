@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.markdown_table import replace_between  # noqa: E402
+from benchmarks.markdown_table import marker_lines, replace_between  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -107,7 +107,7 @@ def main() -> None:
     (Path(args.results) / f"{args.output}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = Path(args.benchmarks_md)
     text = md.read_text()
-    start, end = f"<!-- {args.output}:start -->", f"<!-- {args.output}:end -->"
+    start, end = marker_lines(args.output)
     if start in text:
         md.write_text(replace_between(text, start, end, render_table(rows)))
     print(render_table(rows))

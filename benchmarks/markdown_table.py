@@ -25,10 +25,15 @@ def publish(result: dict, json_path: Path, markers: tuple[str, str], table: str,
     print(table)
 
 
+def marker_lines(name: str) -> tuple[str, str]:
+    """The start and end marker lines of the table named `name` in BENCHMARKS.md."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
 def table_markers(name: str, benchmarks_md: Path = BENCHMARKS_MD) -> tuple[str, str]:
     """The marker lines the table of `--output NAME` goes between; both must be in BENCHMARKS.md
     (checked before anything is measured, so a long run cannot end without a place to write)."""
-    markers = (f"<!-- {name}:start -->", f"<!-- {name}:end -->")
+    markers = marker_lines(name)
     text = benchmarks_md.read_text()
     missing = [m for m in markers if m not in text]
     if missing:

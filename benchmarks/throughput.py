@@ -32,7 +32,6 @@ machine: on 2 cores anything else running distorts it.
 """
 
 import argparse
-import dataclasses
 import datetime
 import json
 import logging
@@ -185,11 +184,9 @@ def with_resolved_precision(cfg):
     import torch
 
     from ftedit.model import accelerator_device
-    from ftedit.precision import resolve_precision
+    from ftedit.precision import with_precision_for
 
-    device = accelerator_device() if cfg.train.use_gpu else torch.device("cpu")
-    train = dataclasses.replace(cfg.train, precision=resolve_precision(cfg.train.precision, device))
-    return dataclasses.replace(cfg, train=train)
+    return with_precision_for(cfg, accelerator_device() if cfg.train.use_gpu else torch.device("cpu"))
 
 
 def run_child(path: str, cfg, model_path, batches_file: Path) -> None:

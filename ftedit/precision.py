@@ -13,6 +13,7 @@ as DeepSpeed's reductions expect every rank in the same precision.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 
 import torch
@@ -58,3 +59,10 @@ def resolve_precision(precision: str, device: torch.device, supports_bf16: bool 
             "only where the hardware has it."
         )
     return precision
+
+
+def with_precision_for(cfg, device: torch.device):
+    """The run config `cfg` with `train.precision` resolved for `device` (`resolve_precision`):
+    what the train loop and the benchmarks' in-process loops train with."""
+    train = dataclasses.replace(cfg.train, precision=resolve_precision(cfg.train.precision, device))
+    return dataclasses.replace(cfg, train=train)

@@ -118,7 +118,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ftedit.checkpoint import (latest_progress, load_engine_state, report_final, report_finished_again,
                                    report_resumable)
     from ftedit.model import load_causal_lm, pad_token_id, prepare_for_training, trainable_parameters
-    from ftedit.precision import resolve_precision
+    from ftedit.precision import with_precision_for
     from ftedit.requests import EditRequest
     from ftedit.loss import lm_loss
     from ftedit.tokenize import pack_batch
@@ -133,13 +133,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.seed)
     # `auto` precision becomes what this worker's device computes fast; explicit bf16 on a device
     # without it stops here, before anything is loaded or written.
-    precision = resolve_precision(train.precision, ray.train.torch.get_device())
-    if precision != train.precision:
-        if rank == 0:
-            log.info("train.precision=%s: training in %s on %s", train.precision, precision,
-                     ray.train.torch.get_device())
-        train = dataclasses.replace(train, precision=precision)
-        cfg = dataclasses.replace(cfg, train=train)
+    device = ray.train.torch.get_device()
+    resolved = with_precision_for(cfg, device)
+    if resolved.train.precision != train.precision and rank == 0:
+        log.info("train.precision=%s: training in %s on %s", train.precision, resolved.train.precision, device)
+    cfg, train = resolved, resolved.train
 
     # A restarted worker group (a worker died) or a re-submitted job resumes from the latest
     # checkpoint: weights, optimizer and scheduler state, and where in the epochs it stood. A
