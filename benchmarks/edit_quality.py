@@ -32,7 +32,10 @@ METRICS = ("es", "ps", "ns", "edit_score")
 def machine() -> str:
     import torch
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    host = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():  # the GPU a GPU table was measured on (CPU tables name none)
+        host += f", {torch.cuda.get_device_name()}"
+    return host
 
 
 def locality_mix(augment: dict) -> str:
