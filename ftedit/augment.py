@@ -139,7 +139,8 @@ def augment_request(
     `similar` holds pool indices nearest to the edit prompt (best first); `forbidden_prompts`
     are normalized evaluation prompts that must not appear as a training prompt. `continuation`
     (the unedited model's text after the new fact, `ftedit.continuation`) follows the target of
-    the edit prompt and its prefixed copies; locality facts have none. `by_answer` is the pool's
+    the edit prompt and, with `cfg.continuation_on == "all"`, of its prefixed copies; locality
+    facts have none. `by_answer` is the pool's
     `answer_index`, needed for `cfg.n_same_answer`.
     """
     rng = random.Random(f"{seed}:{request.case_id}")
@@ -153,7 +154,8 @@ def augment_request(
     if cfg.keep_edit_prompt:
         add(request.prompt, request.target_new, "edit", continuation)
     for prefix in rng.sample(prefixes, min(cfg.n_paraphrase, len(prefixes))):
-        add(with_prefix(prefix, request.prompt), request.target_new, "paraphrase", continuation)
+        add(with_prefix(prefix, request.prompt), request.target_new, "paraphrase",
+            continuation if cfg.continuation_on == "all" else "")
 
     chosen: set[int] = set()
     for index in similar[: cfg.n_similar]:

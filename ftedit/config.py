@@ -102,6 +102,9 @@ class AugmentConfig:
     """Continuation anchors (`ftedit.continuation`): the edit prompt and its prefixed copies go on
     past the new target with up to this many tokens the unedited model writes after it, trained on
     too, so the edited model carries on after the new fact instead of repeating it. 0: off."""
+    continuation_on: Literal["all", "edit"] = "all"
+    """Which of an edit's examples carry its continuation anchor: `all` (the edit prompt and its
+    prefixed copies) or `edit` (the edit prompt alone; the prefixed copies keep the bare target)."""
     embedding_model: str = "all-minilm-l6-v2"
     """Sentence embedder for `n_similar`: `all-minilm-l6-v2` (bundled) or a local BERT-style path."""
 

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from ftedit.augment import (
     DigestSet,
     PoolIndex,
@@ -108,6 +110,11 @@ def test_counts_kinds_and_targets():
     anchored = augment_request(EDIT, ["A b", "C d", "E f"], pool, [2, 0], cfg, seed=0, continuation=". She")
     assert [e["continuation"] for e in anchored] == [". She"] * 3 + [""] * 3
     assert [e["continuation"] for e in examples] == [""] * 6
+    # continuation_on=edit: the edit prompt alone is anchored, its prefixed copies keep the bare target
+    only_edit = augment_request(EDIT, ["A b", "C d", "E f"], pool, [2, 0], replace(cfg, continuation_on="edit"), seed=0,
+                                continuation=". She")
+    assert [(e["kind"], e["continuation"]) for e in only_edit[:3]] == [
+        ("edit", ". She"), ("paraphrase", ""), ("paraphrase", "")]
 
 
 def test_same_answer_facts_share_the_edits_old_answer_and_leave_other_draws_alone():
