@@ -12,17 +12,28 @@ import argparse
 from pathlib import Path
 
 
-def save_random_checkpoint(model_config: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+def random_model(model_config: str | Path, seed: int = 0, device="cpu", dtype: str | None = None,
+                 attention: str | None = None):
+    """A causal LM built from `model_config` with seeded random weights, allocated and initialised
+    on `device` (never in host memory when that is an accelerator); `dtype` None: the config's."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_config)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(f"{tokenizer_dir}: the tokenizer has {len(tokenizer)} tokens, more than the "
-                         f"{config.vocab_size} of {model_config}'s vocab_size")
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype) if dtype else None,
+                                                attn_implementation=attention)
+
+
+def save_random_checkpoint(model_config: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+    from transformers import AutoTokenizer
+
+    model = random_model(model_config, seed)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"{tokenizer_dir}: the tokenizer has {len(tokenizer)} tokens, more than the "
+                         f"{model.config.vocab_size} of {model_config}'s vocab_size")
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -70,20 +70,14 @@ def benchmark_batches(n: int, train, pad_id: int, vocab_size: int, seed: int = 0
 
 def load_model(cfg, model_path, model_config, attention: str, device):
     """The config's checkpoint, or a model built from `model_config` with random weights on `device`."""
-    import torch
-
     from ftedit.model import load_causal_lm
 
     if model_config is None:
         model, _ = load_causal_lm(model_path, cfg.model.dtype, attention)
         return model.to(device)
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from benchmarks.random_checkpoint import random_model
 
-    config = AutoConfig.from_pretrained(model_config)
-    torch.manual_seed(cfg.seed)
-    with torch.device(device):  # allocated and initialised where it trains, never in host memory
-        return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, cfg.model.dtype),
-                                                attn_implementation=attention)
+    return random_model(model_config, cfg.seed, device, cfg.model.dtype, attention)  # built where it trains
 
 
 def measure(cfg, model_path, attention: str, prepare: bool, batches: list[dict], ops: bool,
@@ -155,7 +149,7 @@ def render_table(result: dict) -> str:
         if peak:
             tflops = v["tokens_per_s"] * v["flops_per_token"] / 1e12
             memory = v.get("peak_memory_gib")
-            row += f" | {tflops:.1f} | {100 * tflops / peak:.1f}% | {memory:.1f}" if memory else f" | {tflops:.1f} | {100 * tflops / peak:.1f}% | "
+            row += f" | {tflops:.1f} | {100 * tflops / peak:.1f}% | {f'{memory:.1f}' if memory else ''}"
         lines.append(row + " |")
     model = result.get("model")
     if model:
