@@ -130,6 +130,15 @@ class AugmentConfig:
 class LossConfig:
     mode: Literal["conditional", "full"] = "conditional"
     """`conditional`: loss on the target tokens given the prompt (the method); `full`: every token."""
+    anchor_weight: float | None = None
+    """How continuation anchors (augment.continuation_tokens) enter the loss. null: their tokens
+    are averaged together with the target tokens, so an anchored example's target gets a smaller
+    share of the gradient. A number w: the loss is the mean NLL of the other labelled tokens plus
+    w times the mean NLL of the anchor tokens, so the target's term is what it is without anchors."""
+
+    def __post_init__(self):
+        if self.anchor_weight is not None:
+            _require(self.anchor_weight >= 0, "anchor_weight", f"must be >= 0 or null, got {self.anchor_weight}")
 
 
 @dataclass

@@ -55,18 +55,19 @@ def encode_examples(tokenizer, prompts, targets, conditional: bool = True,
     continuations = [str(c) for c in continuations] if continuations is not None else []
     after_ids = (tokenizer(continuations, add_special_tokens=False)["input_ids"] if any(continuations)
                  else [[]] * len(prompts))
-    return [_example(list(p), list(_nonempty(target, t)) + list(a), conditional)
+    return [_example(list(p), list(_nonempty(target, t)) + list(a), conditional, anchor_tokens=len(a))
             for p, t, a, target in zip(prompt_ids, target_ids, after_ids, targets)]
 
 
-def _example(prompt_ids: list[int], target_ids: list[int], conditional: bool) -> dict[str, list[int]]:
+def _example(prompt_ids: list[int], target_ids: list[int], conditional: bool, anchor_tokens: int = 0) -> dict:
+    """input_ids, labels, and anchor_tokens: how many of the last tokens are a continuation anchor."""
     input_ids = prompt_ids + target_ids
     if conditional:
         labels = [IGNORE_INDEX] * len(prompt_ids) + list(target_ids)
     else:
         # Every token but the first, which has nothing before it to be predicted from.
         labels = [IGNORE_INDEX] + list(input_ids[1:])
-    return {"input_ids": input_ids, "labels": labels}
+    return {"input_ids": input_ids, "labels": labels, "anchor_tokens": anchor_tokens}
 
 
 class TokenizeBatch:
@@ -88,6 +89,7 @@ class TokenizeBatch:
         out["input_ids"] = _ragged([e["input_ids"] for e in encoded])
         out["labels"] = _ragged([e["labels"] for e in encoded])
         out["n_tokens"] = np.array([len(e["input_ids"]) for e in encoded], dtype=np.int64)
+        out["anchor_tokens"] = np.array([e["anchor_tokens"] for e in encoded], dtype=np.int64)
         return out
 
 
@@ -118,8 +120,10 @@ def pack_rows(lengths: list[int], row_length: int) -> list[list[int]]:
     return rows
 
 
-def pack_batch(input_ids, labels, pad_id: int, row_length: int):
-    """Pack ragged examples end to end into rows: input_ids, position_ids, labels, example.
+def pack_batch(input_ids, labels, pad_id: int, row_length: int, anchor_tokens=None):
+    """Pack ragged examples end to end into rows: input_ids, position_ids, labels, example, and
+    with `anchor_tokens` (per example, how many of its last tokens are a continuation anchor)
+    `anchor`, true at those tokens.
 
     Position ids restart at 0 for every example; with no attention mask, transformers reads
     those restarts as sequence boundaries and attends block-diagonally, so an example scores
@@ -137,6 +141,7 @@ def pack_batch(input_ids, labels, pad_id: int, row_length: int):
     lab = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     example = torch.full((len(rows), width), -1, dtype=torch.long)
+    anchor = torch.zeros((len(rows), width), dtype=torch.bool) if anchor_tokens is not None else None
     for r, row in enumerate(rows):
         start = 0
         for i in row:
@@ -145,6 +150,11 @@ def pack_batch(input_ids, labels, pad_id: int, row_length: int):
             lab[r, start:end] = torch.as_tensor(np.asarray(labels[i], dtype=np.int64))
             pos[r, start:end] = torch.arange(lengths[i])
             example[r, start:end] = i
+            if anchor is not None and anchor_tokens[i]:
+                anchor[r, end - int(anchor_tokens[i]):end] = True
             start = end
         pos[r, start:] = torch.arange(width - start)  # filler: one more block of its own
-    return {"input_ids": ids, "position_ids": pos, "labels": lab, "example": example}
+    packed = {"input_ids": ids, "position_ids": pos, "labels": lab, "example": example}
+    if anchor is not None:
+        packed["anchor"] = anchor
+    return packed

@@ -99,7 +99,7 @@ def micro_batches(shard, train: TrainConfig, seed: int):
     for batch in shard.iter_batches(
         batch_size=size, batch_format="numpy", local_shuffle_buffer_size=max(4 * size, 256), local_shuffle_seed=seed
     ):
-        yield {key: batch[key] for key in ("input_ids", "labels")}
+        yield {key: batch[key] for key in ("input_ids", "labels", "anchor_tokens") if key in batch}
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -212,10 +212,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             batch = next(batches, None)
             if batch is None:
                 break
-            packed = pack_batch(batch["input_ids"], batch["labels"], pad, train.pack_length)
+            packed = pack_batch(batch["input_ids"], batch["labels"], pad, train.pack_length,
+                                batch.get("anchor_tokens"))
             tensors = {k: v.to(device) for k, v in packed.items()}
             window["data_wait"] += time.perf_counter() - waited
-            loss = lm_loss(engine, tensors)
+            loss = lm_loss(engine, tensors, cfg.loss.anchor_weight)
             engine.backward(loss)
             engine.step()
             n_tokens = int((tensors["example"] >= 0).sum())

@@ -48,6 +48,7 @@ def test_int_accepted_for_float_but_bool_not_for_int(tmp_path):
         ("train.batch_size=30", "train.batch_size"),  # not a multiple of micro * workers
         ("train.tuning=qlora", "train.tuning"),
         ("loss.mode=sequence", "loss.mode"),
+        ("loss.anchor_weight=-1", "loss.anchor_weight"),
         ("data.limit=0", "data.limit"),
         ("train.layers=[0, -1]", "train.layers"),
         ("lora.dropout=1.5", "lora.dropout"),

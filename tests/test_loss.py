@@ -3,7 +3,7 @@ import torch
 
 from ftedit.loss import check_packing, lm_loss, target_logits
 from ftedit.model import load_causal_lm
-from ftedit.tokenize import IGNORE_INDEX, encode_example, pack_batch
+from ftedit.tokenize import IGNORE_INDEX, encode_example, encode_examples, pack_batch
 
 PAIRS = [("The capital of France is", "Paris"), ("Hi", "there you go"), ("A longer prompt about the city of light is", "Paris")]
 
@@ -29,6 +29,37 @@ def test_packed_conditional_loss_equals_per_example_reference(tiny_model, row_le
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert abs(loss.item() - _reference_loss(model, examples)) < 1e-5
+
+
+def test_anchor_weight_gives_continuation_anchors_their_own_mean(tiny_model):
+    """With anchor_weight w the loss is mean NLL(target tokens) + w * mean NLL(anchor tokens),
+    each computed here one unpacked example at a time; without it, one mean over both."""
+    model, tok = load_causal_lm(tiny_model)
+    examples = encode_examples(tok, [p for p, _ in PAIRS], [t for _, t in PAIRS],
+                               continuations=[" She is a", "", " and so on"])
+    assert [e["anchor_tokens"] > 0 for e in examples] == [True, False, True]
+    batch = pack_batch([e["input_ids"] for e in examples], [e["labels"] for e in examples], 0, 12,
+                       [e["anchor_tokens"] for e in examples])
+    target_nll, anchor_nll = [], []
+    with torch.no_grad():
+        for e in examples:
+            logits = model(input_ids=torch.tensor([e["input_ids"]])).logits[0, :-1]
+            nll = torch.nn.functional.cross_entropy(logits, torch.tensor(e["labels"][1:]), reduction="none",
+                                                    ignore_index=IGNORE_INDEX)
+            labelled = [i for i, label in enumerate(e["labels"][1:]) if label != IGNORE_INDEX]
+            n_anchor = e["anchor_tokens"]
+            target_nll += nll[labelled[:len(labelled) - n_anchor]].tolist()
+            anchor_nll += nll[labelled[len(labelled) - n_anchor:]].tolist()
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        for weight in (0.0, 0.5, 2.0):
+            expected = mean(target_nll) + weight * mean(anchor_nll)
+            assert abs(lm_loss(model, batch, anchor_weight=weight).item() - expected) < 1e-5
+        pooled = mean(target_nll + anchor_nll)
+        assert abs(lm_loss(model, batch).item() - pooled) < 1e-5
+        assert abs(lm_loss(model, batch).item() - lm_loss(model, batch, anchor_weight=1.0).item()) > 1e-4
+        # A batch with no anchors is the plain mean whatever the weight.
+        plain = {k: v for k, v in batch.items() if k != "anchor"}
+        assert lm_loss(model, plain, anchor_weight=2.0).item() == lm_loss(model, plain).item()
 
 
 def test_full_likelihood_keeps_every_position(tiny_model):

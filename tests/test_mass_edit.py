@@ -129,13 +129,13 @@ def test_a_run_that_fails_midway_leaves_nothing_that_looks_complete(tmp_path, mo
 def test_zero3_full_finetuning_with_similar_facts_and_own_answers(tmp_path, tiny_embedder):
     """The other training path: ZeRO-3 (parameters gathered to save), full fine-tuning of one
     layer, similar facts by embedding, locality targets from the unedited model and edits
-    anchored with its continuations."""
+    anchored with its continuations, weighted apart from the targets in the loss."""
     out = tmp_path / "run"
     proc = run_job(
         "--config", "configs/smoke.yaml", f"output.dir={out}", "data.limit=4",
         "train.tuning=full", "train.layers=[1]", "train.zero_stage=3", "train.lr=5e-3",
         "augment.n_similar=2", "augment.locality_target=model", f"augment.embedding_model={tiny_embedder}",
-        "augment.continuation_tokens=3",
+        "augment.continuation_tokens=3", "loss.anchor_weight=0.5",
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())

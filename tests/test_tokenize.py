@@ -84,6 +84,9 @@ def test_a_continuation_is_labelled_after_the_target_which_keeps_its_own_tokens(
     batch = {"prompt": column(prompts), "target": column(targets), "continuation": column(["man. She is", ""])}
     out = TokenizeBatch(str(tiny_model), conditional=True)(batch)
     assert [list(ids) for ids in out["labels"]] == [e["labels"] for e in anchored]
+    # How many trailing tokens are the anchor travels with each example, for the loss to weigh.
+    assert [e["anchor_tokens"] for e in anchored] == [len(after), 0]
+    assert out["anchor_tokens"].tolist() == [len(after), 0]
 
 
 class StrippingTokenizer:
@@ -112,3 +115,12 @@ def test_pack_batch_lays_examples_end_to_end_with_restarting_positions():
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9], [IGNORE_INDEX, 3] + [IGNORE_INDEX] * 3]
     assert batch["example"].tolist() == [[0, 0, 0, 1, 1], [2, 2, -1, -1, -1]]
+
+
+def test_pack_batch_marks_each_examples_trailing_anchor_tokens():
+    ids = [[5, 6, 7, 1, 2], [8, 9], [4, 3, 1]]
+    labels = [[IGNORE_INDEX, 6, 7, 1, 2], [IGNORE_INDEX, 9], [IGNORE_INDEX, 3, 1]]
+    batch = pack_batch(ids, labels, 0, 7, anchor_tokens=[2, 0, 1])
+    assert batch["example"].tolist() == [[0, 0, 0, 0, 0, 1, 1], [2, 2, 2, -1, -1, -1, -1]]
+    assert batch["anchor"].int().tolist() == [[0, 0, 0, 1, 1, 0, 0], [0, 0, 1, 0, 0, 0, 0]]
+    assert "anchor" not in pack_batch(ids, labels, 0, 7)
