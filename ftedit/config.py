@@ -134,7 +134,8 @@ class LossConfig:
     """How continuation anchors (augment.continuation_tokens) enter the loss. null: their tokens
     are averaged together with the target tokens, so an anchored example's target gets a smaller
     share of the gradient. A number w: the loss is the mean NLL of the other labelled tokens plus
-    w times the mean NLL of the anchor tokens, so the target's term is what it is without anchors."""
+    w times the mean NLL of the anchor tokens, so the target's term is what it is without anchors.
+    No effect without anchors. Measured on CounterFact: 0.05-1 all restore fluency (BENCHMARKS.md)."""
 
     def __post_init__(self):
         if self.anchor_weight is not None:
