@@ -17,8 +17,9 @@ from ftedit.tokenize import IGNORE_INDEX, pack_batch
 def target_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits (N, V), labels (N,), example (N,)): one entry per labelled token, in row order."""
     labels = batch["labels"]
-    predicts = torch.zeros_like(labels, dtype=torch.bool)
-    predicts[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
+    is_label = _is_label(labels)
+    predicts = torch.zeros_like(is_label)
+    predicts[:, :-1] = is_label[:, 1:]  # position t predicts token t + 1
     out = model(
         input_ids=batch["input_ids"],
         position_ids=batch["position_ids"],
@@ -26,9 +27,14 @@ def target_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch
         use_cache=False,  # a cache would also switch off the packed-sequence masks
         logits_to_keep=predicts,
     )
-    is_label = torch.zeros_like(predicts)
-    is_label[:, 1:] = predicts[:, :-1]
     return out.logits, labels[is_label], batch["example"][is_label]
+
+
+def _is_label(labels: torch.Tensor) -> torch.Tensor:
+    """Where a token is scored: labelled, and not first in its row (nothing predicts that one)."""
+    is_label = labels != IGNORE_INDEX
+    is_label[:, 0] = False
+    return is_label
 
 
 def lm_loss(model, batch: dict, anchor_weight: float | None = None) -> torch.Tensor:
@@ -43,8 +49,7 @@ def lm_loss(model, batch: dict, anchor_weight: float | None = None) -> torch.Ten
     if anchor_weight is None or "anchor" not in batch:
         return torch.nn.functional.cross_entropy(logits.float(), labels)
     nll = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-    # labels[is_label] in target_logits is row-major over positions 1..; so is this mask.
-    is_anchor = batch["anchor"][:, 1:][batch["labels"][:, 1:] != IGNORE_INDEX]
+    is_anchor = batch["anchor"][_is_label(batch["labels"])]  # aligned with target_logits' labels
     loss = nll[~is_anchor].mean() if bool((~is_anchor).any()) else nll.sum() * 0
     if bool(is_anchor.any()):
         loss = loss + anchor_weight * nll[is_anchor].mean()

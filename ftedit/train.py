@@ -212,8 +212,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             batch = next(batches, None)
             if batch is None:
                 break
-            packed = pack_batch(batch["input_ids"], batch["labels"], pad, train.pack_length,
-                                batch.get("anchor_tokens"))
+            # Anchors are marked only when the loss weighs them apart; pooled, they are labels like any.
+            anchors = batch.get("anchor_tokens") if cfg.loss.anchor_weight is not None else None
+            packed = pack_batch(batch["input_ids"], batch["labels"], pad, train.pack_length, anchors)
             tensors = {k: v.to(device) for k, v in packed.items()}
             window["data_wait"] += time.perf_counter() - waited
             loss = lm_loss(engine, tensors, cfg.loss.anchor_weight)
