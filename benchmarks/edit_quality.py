@@ -26,7 +26,10 @@ from ftedit.pipeline import run_mass_edit  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 TABLE_START, TABLE_END = "<!-- edit-quality:start -->", "<!-- edit-quality:end -->"
-METRICS = ("es", "ps", "ns", "edit_score")
+# The job's dataset-neutral scores (CounterFact's ES / PS / NS, zsRE's efficacy / generalization /
+# specificity). Results files from before 2026-12-04 hold CounterFact's own keys only.
+METRICS = ("efficacy", "generalization", "locality", "edit_score")
+COUNTERFACT_KEYS = {"efficacy": "es", "generalization": "ps", "locality": "ns", "edit_score": "edit_score"}
 
 
 def machine() -> str:
@@ -52,24 +55,30 @@ def training_numerics(train: dict) -> str:
     return f"{train['precision']}, {train.get('attention') or 'sdpa'}"
 
 
+def metric_cells(side: dict) -> str:
+    """ "99.0 / 89.0 / 57.0 / 77.2": efficacy / generalization / locality / edit score of one side
+    (before or after) of a results file, old (CounterFact keys) or new."""
+    values = [side[k] if side.get(k) is not None else side[COUNTERFACT_KEYS[k]] for k in METRICS]
+    return " / ".join(f"{v:.1f}" for v in values)
+
+
 def render_table() -> str:
     rows = [
-        "| config | edits | precision, training attention | unedited facts per edit | before ES / PS / NS / score "
-        "| after ES / PS / NS / score | fluency before -> after | wall (s) | train tokens/s | machine | date |",
+        "| config | edits | precision, training attention | unedited facts per edit "
+        "| before efficacy / generalization / locality / score | after, the same | fluency before -> after | wall (s) | train tokens/s | machine | date |",
         "|---|---:|---|---|---|---|---|---:|---:|---|---|",
     ]
     for path in sorted(RESULTS.glob("*.json")):
         r = json.loads(path.read_text())
         if not isinstance(r, dict) or "before" not in r:  # another benchmark's results (ladder, throughput)
             continue
-        fmt = lambda side: " / ".join(f"{r[side][k]:.1f}" for k in METRICS)  # noqa: E731
         # Fluency is measured only with eval.fluency_tokens > 0 (50 in ROME/MEMIT).
         fluency = (f"{r['before']['fluency']:.0f} -> {r['after']['fluency']:.0f}"
                    if r["before"].get("fluency") is not None else "-")
         rows.append(
             f"| `{r['config']}` | {r['n_edits']} | {training_numerics(r['resolved_config']['train'])} "
-            f"| {locality_mix(r['resolved_config']['augment'])} | {fmt('before')} "
-            f"| {fmt('after')} | {fluency} | {r['wall_seconds']:.0f} "
+            f"| {locality_mix(r['resolved_config']['augment'])} | {metric_cells(r['before'])} "
+            f"| {metric_cells(r['after'])} | {fluency} | {r['wall_seconds']:.0f} "
             f"| {r['train_tokens_per_s']:.0f} | {r['machine']} | {r['date']} |"
         )
     return "\n".join(rows)
@@ -92,6 +101,7 @@ def record(summary: dict, cfg, label: str, command: str, name: str, date: str | 
         "n_edits": summary["n_edits"],
         "before": {k: summary["before"].get(k) for k in (*METRICS, "fluency")},
         "after": {k: summary["after"].get(k) for k in (*METRICS, "fluency")},
+        "metric_kind": summary["metric_kind"],
         "wall_seconds": summary["wall_seconds"],
         "train_seconds": summary["train"]["train_seconds"],
         "train_tokens_per_s": summary["train"]["train_tokens_per_s"],

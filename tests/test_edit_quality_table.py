@@ -5,7 +5,7 @@ import sys
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from edit_quality import locality_mix, training_numerics  # noqa: E402
+from edit_quality import locality_mix, metric_cells, training_numerics  # noqa: E402
 
 
 def test_rows_name_their_locality_mix():
@@ -19,3 +19,10 @@ def test_rows_name_precision_and_training_attention_sdpa_for_runs_before_the_key
     assert training_numerics({"precision": "bf16-mixed", "attention": "eager"}) == "bf16-mixed, eager"
     assert training_numerics({"precision": "fp32", "attention": None}) == "fp32, sdpa"
     assert training_numerics({"precision": "fp32"}) == "fp32, sdpa"  # resolved before the key existed
+
+
+def test_score_cells_read_new_results_and_old_counterfact_only_ones():
+    zsre = {"efficacy": 99.25, "generalization": 88.0, "locality": 23.0, "edit_score": 46.3, "fluency": 350.0}
+    assert metric_cells(zsre) == "99.2 / 88.0 / 23.0 / 46.3"
+    old_counterfact = {"es": 37.0, "ps": 36.0, "ns": 66.0, "edit_score": 42.9, "fluency": None}
+    assert metric_cells(old_counterfact) == "37.0 / 36.0 / 66.0 / 42.9"
