@@ -14,7 +14,7 @@ import numpy as np
 
 from ftedit.augment import LOCALITY_KINDS, DigestSet, answer_index, augment_request
 from ftedit.config import RunConfig
-from ftedit.requests import EditRequest, Fact
+from ftedit.edit_request import EditRequest, Fact
 from ftedit.tokenize import TokenizeBatch
 
 log = logging.getLogger(__name__)

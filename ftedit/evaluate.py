@@ -27,7 +27,7 @@ from ftedit.metrics import (
     summarize,
 )
 from ftedit.model import pad_token_id
-from ftedit.requests import EditRequest
+from ftedit.edit_request import EditRequest
 from ftedit.loss import target_logits
 from ftedit.tokenize import encode_examples, pack_batch
 

@@ -14,7 +14,7 @@ import time
 import torch
 
 from ftedit.model import pad_token_id
-from ftedit.requests import EditRequest
+from ftedit.edit_request import EditRequest
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ftedit.metrics import MetricTotals
-from ftedit.requests import EditRequest
+from ftedit.edit_request import EditRequest
 
 # Rows of the before/after table, in order; keys absent from a metric family are skipped.
 TABLE_ROWS = (

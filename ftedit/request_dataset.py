@@ -1,7 +1,7 @@
 """Edit requests as a Ray Dataset: read from many files (globs), parsed and validated on the cluster.
 
 The driver never holds the requests. Ray Data tasks read the files and parse every record with
-the parsers of `requests.py`; the driver reads back only three 8-byte keys per request (case id,
+the parsers of `request_formats.py`; the driver reads back only three 8-byte keys per request (case id,
 prompt, target) to run the checks that span records (`requests.cross_record_conflicts`, the same
 function `load_requests` runs in memory), plus the rows of records that failed. What the run then
 needs from all requests at once also comes back condensed: the keys of every evaluation prompt
@@ -19,17 +19,12 @@ from typing import Any
 import numpy as np
 
 from ftedit.config import DataConfig
+from ftedit.edit_request import EditRequest, Fact, RequestError
+from ftedit.request_formats import check_arguments, detect_format, parse_record, read_records
 from ftedit.requests import (
-    EditRequest,
-    Fact,
-    RequestError,
-    _conflict_error,
-    _parse_one,
-    _read_records,
-    check_arguments,
     check_same_format,
+    conflict_error,
     cross_record_conflicts,
-    detect_format,
     request_keys,
     request_paths,
 )
@@ -57,14 +52,14 @@ def _parse_files(batch: dict, format: str, zsre_target: str) -> dict:
     for file_no, file, start, stop in zip(batch["file_no"], batch["file"], batch["start"], batch["stop"]):
         path = Path(str(file))
         try:
-            records = _read_records(path, None if stop < 0 else int(stop - start), int(start))
+            records = read_records(path, None if stop < 0 else int(stop - start), int(start))
             fmt = format if format != "auto" else (detect_format(path, records[0][1]) if records else "jsonl")
         except RequestError as exc:  # the whole file is unusable: a row the driver raises, skip or not
             records, fmt, fatal = [(0, exc)], format, exc
         else:
             fatal = None
         for index, record in records:
-            outcome = fatal or _parse_one(fmt, str(path), index, record, zsre_target)
+            outcome = fatal or parse_record(fmt, str(path), index, record, zsre_target)
             rows = [outcome] if isinstance(outcome, RequestError) else outcome
             for item in rows:
                 bad = isinstance(item, RequestError)
@@ -93,7 +88,7 @@ def _count_records(batch: dict) -> dict:
     counts, errors = [], []
     for file in batch["file"]:
         try:
-            counts.append(len(_read_records(Path(str(file)), None)))
+            counts.append(len(read_records(Path(str(file)), None)))
             errors.append("")
         except RequestError as exc:
             counts.append(0)
@@ -235,7 +230,7 @@ def _clash_errors(parsed, clashes: dict, row_records: np.ndarray, paths: list[Pa
     errors = {}
     for record, (row, first, field_name) in clashes.items():
         first_record = int(row_records[first])
-        errors[record] = _conflict_error(str(paths[record >> 32]), record & 0xFFFFFFFF, request_at(row), field_name,
+        errors[record] = conflict_error(str(paths[record >> 32]), record & 0xFFFFFFFF, request_at(row), field_name,
                                          str(paths[first_record >> 32]), first_record & 0xFFFFFFFF, request_at(first))
     return errors
 

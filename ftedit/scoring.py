@@ -22,7 +22,7 @@ import numpy as np
 from ftedit.config import RunConfig
 from ftedit.evaluate import Evaluation, evaluate, locality_probes
 from ftedit.metrics import ProbeScore
-from ftedit.requests import EditRequest
+from ftedit.edit_request import EditRequest
 
 log = logging.getLogger(__name__)
 

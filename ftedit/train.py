@@ -119,7 +119,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                    report_resumable)
     from ftedit.model import load_causal_lm, pad_token_id, prepare_for_training, trainable_parameters
     from ftedit.precision import with_precision_for
-    from ftedit.requests import EditRequest
+    from ftedit.edit_request import EditRequest
     from ftedit.loss import lm_loss
     from ftedit.tokenize import pack_batch
 
