@@ -49,6 +49,16 @@ def locality_mix(augment: dict) -> str:
     return " + ".join(parts) or "none"
 
 
+def anchors(augment: dict, loss: dict) -> str:
+    """e.g. "8 tokens, w 0.2": the run's continuation anchors and how the loss weighs them
+    ("pooled": averaged with the targets); "-" without anchors (and for runs from before them)."""
+    n = augment.get("continuation_tokens") or 0
+    if not n:
+        return "-"
+    weight = loss.get("anchor_weight")
+    return f"{n} tokens, " + ("pooled" if weight is None else f"w {weight:g}")
+
+
 def training_numerics(train: dict) -> str:
     """e.g. "bf16-mixed, eager". Runs from before `train.attention` existed used transformers'
     default, SDPA."""
@@ -64,9 +74,9 @@ def metric_cells(side: dict) -> str:
 
 def render_table() -> str:
     rows = [
-        "| config | edits | precision, training attention | unedited facts per edit "
+        "| config | edits | precision, training attention | unedited facts per edit | anchors "
         "| before efficacy / generalization / locality / score | after, the same | fluency before -> after | wall (s) | train tokens/s | machine | date |",
-        "|---|---:|---|---|---|---|---|---:|---:|---|---|",
+        "|---|---:|---|---|---|---|---|---|---:|---:|---|---|",
     ]
     for path in sorted(RESULTS.glob("*.json")):
         r = json.loads(path.read_text())
@@ -77,7 +87,8 @@ def render_table() -> str:
                    if r["before"].get("fluency") is not None else "-")
         rows.append(
             f"| `{r['config']}` | {r['n_edits']} | {training_numerics(r['resolved_config']['train'])} "
-            f"| {locality_mix(r['resolved_config']['augment'])} | {metric_cells(r['before'])} "
+            f"| {locality_mix(r['resolved_config']['augment'])} "
+            f"| {anchors(r['resolved_config']['augment'], r['resolved_config']['loss'])} | {metric_cells(r['before'])} "
             f"| {metric_cells(r['after'])} | {fluency} | {r['wall_seconds']:.0f} "
             f"| {r['train_tokens_per_s']:.0f} | {r['machine']} | {r['date']} |"
         )

@@ -5,7 +5,7 @@ import sys
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from edit_quality import locality_mix, metric_cells, training_numerics  # noqa: E402
+from edit_quality import anchors, locality_mix, metric_cells, training_numerics  # noqa: E402
 
 
 def test_rows_name_their_locality_mix():
@@ -26,3 +26,10 @@ def test_score_cells_read_new_results_and_old_counterfact_only_ones():
     assert metric_cells(zsre) == "99.2 / 88.0 / 23.0 / 46.3"
     old_counterfact = {"es": 37.0, "ps": 36.0, "ns": 66.0, "edit_score": 42.9, "fluency": None}
     assert metric_cells(old_counterfact) == "37.0 / 36.0 / 66.0 / 42.9"
+
+
+def test_rows_name_their_anchors_and_how_the_loss_weighs_them():
+    assert anchors({"continuation_tokens": 8}, {"anchor_weight": 0.2}) == "8 tokens, w 0.2"
+    assert anchors({"continuation_tokens": 8}, {"anchor_weight": None}) == "8 tokens, pooled"
+    assert anchors({"continuation_tokens": 0}, {"anchor_weight": 0.2}) == "-"
+    assert anchors({}, {}) == "-"  # resolved before anchors existed
