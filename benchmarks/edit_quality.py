@@ -67,9 +67,13 @@ def training_numerics(train: dict) -> str:
 
 def metric_cells(side: dict) -> str:
     """ "99.0 / 89.0 / 57.0 / 77.2": efficacy / generalization / locality / edit score of one side
-    (before or after) of a results file, old (CounterFact keys) or new."""
-    values = [side[k] if side.get(k) is not None else side[COUNTERFACT_KEYS[k]] for k in METRICS]
-    return " / ".join(f"{v:.1f}" for v in values)
+    (before or after) of a results file, old (CounterFact keys only) or new; "n/a" for a score the
+    data has no probes for (MQuAKE has no locality prompts)."""
+    if "efficacy" in side:
+        values = [side.get(k) for k in METRICS]
+    else:
+        values = [side.get(COUNTERFACT_KEYS[k]) for k in METRICS]
+    return " / ".join("n/a" if v is None else f"{v:.1f}" for v in values)
 
 
 def render_table() -> str:
@@ -110,8 +114,8 @@ def record(summary: dict, cfg, label: str, command: str, name: str, date: str | 
         "config": label,
         "command": command,
         "n_edits": summary["n_edits"],
-        "before": {k: summary["before"].get(k) for k in (*METRICS, "fluency")},
-        "after": {k: summary["after"].get(k) for k in (*METRICS, "fluency")},
+        "before": {k: summary["before"].get(k) for k in (*METRICS, "fluency", "portability")},
+        "after": {k: summary["after"].get(k) for k in (*METRICS, "fluency", "portability")},
         "metric_kind": summary["metric_kind"],
         "wall_seconds": summary["wall_seconds"],
         "train_seconds": summary["train"]["train_seconds"],

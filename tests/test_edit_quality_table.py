@@ -26,6 +26,8 @@ def test_score_cells_read_new_results_and_old_counterfact_only_ones():
     assert metric_cells(zsre) == "99.2 / 88.0 / 23.0 / 46.3"
     old_counterfact = {"es": 37.0, "ps": 36.0, "ns": 66.0, "edit_score": 42.9, "fluency": None}
     assert metric_cells(old_counterfact) == "37.0 / 36.0 / 66.0 / 42.9"
+    mquake = {"efficacy": 100.0, "generalization": 76.4, "locality": None, "edit_score": 86.6, "fluency": 210.3}
+    assert metric_cells(mquake) == "100.0 / 76.4 / n/a / 86.6"
 
 
 def test_rows_name_their_anchors_and_how_the_loss_weighs_them():
