@@ -22,14 +22,15 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config, to_dict  # noqa: E402
+from ftedit.metrics import COMMON_KEYS  # noqa: E402
 from ftedit.pipeline import run_mass_edit  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 TABLE_START, TABLE_END = "<!-- edit-quality:start -->", "<!-- edit-quality:end -->"
 # The job's dataset-neutral scores (CounterFact's ES / PS / NS, zsRE's efficacy / generalization /
-# specificity). Results files from before 2026-12-04 hold CounterFact's own keys only.
+# specificity). Results files recorded before zsRE runs were (2026-12-04) hold CounterFact's own keys only.
 METRICS = ("efficacy", "generalization", "locality", "edit_score")
-COUNTERFACT_KEYS = {"efficacy": "es", "generalization": "ps", "locality": "ns", "edit_score": "edit_score"}
+COUNTERFACT_KEYS = {**COMMON_KEYS["counterfact"], "edit_score": "edit_score"}
 
 
 def machine() -> str:

@@ -199,7 +199,8 @@ _KEYS = {
     "counterfact": ("es", "ps", "ns", "em", "pm", "nm"),
     "zsre": ("efficacy", "generalization", "specificity"),
 }
-_COMMON = {
+# The dataset-neutral names of each kind's three scores (what summaries and reports call them).
+COMMON_KEYS = {
     "counterfact": {"efficacy": "es", "generalization": "ps", "locality": "ns"},
     "zsre": {"efficacy": "efficacy", "generalization": "generalization", "locality": "specificity"},
 }
@@ -234,7 +235,7 @@ class MetricTotals:
         """As `summarize` describes it."""
         keys = list(_KEYS[self.kind]) + [k for k in _EXTRA if k in self.present]
         out: dict = {key: 100.0 * self.sums[key] / self.counts[key] if self.counts[key] else None for key in keys}
-        for common, src in _COMMON[self.kind].items():
+        for common, src in COMMON_KEYS[self.kind].items():
             if common not in out:
                 out[common] = out[src]
         present = [out[k] for k in ("efficacy", "generalization", "locality") if out[k] is not None]
