@@ -20,7 +20,7 @@ import numpy as np
 
 from ftedit.config import DataConfig
 from ftedit.edit_request import EditRequest, Fact, RequestError
-from ftedit.request_formats import check_arguments, detect_format, parse_record, read_records
+from ftedit.request_formats import check_arguments, detect_format, parse_record, read_records, record_count
 from ftedit.requests import (
     check_same_format,
     conflict_error,
@@ -88,7 +88,7 @@ def _count_records(batch: dict) -> dict:
     counts, errors = [], []
     for file in batch["file"]:
         try:
-            counts.append(len(read_records(Path(str(file)), None)))
+            counts.append(record_count(Path(str(file))))
             errors.append("")
         except RequestError as exc:
             counts.append(0)

@@ -213,6 +213,11 @@ def read_records(path: Path, limit: int | None, offset: int = 0) -> list[tuple[i
     return list(enumerate(data if limit is None else data[:limit]))[offset:]
 
 
+def record_count(path: Path) -> int:
+    """How many records a .json or .jsonl file holds (reads and parses it whole)."""
+    return len(read_records(path, None))
+
+
 _KEY_FORMATS = (({"src", "alt"}, "zsre"), ({"prompt", "target_new", "ground_truth"}, "counterfact"),
                 ({"prompt", "subject", "target_new"}, "jsonl"))
 

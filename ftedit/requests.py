@@ -24,7 +24,7 @@ from ftedit.request_formats import (
     open_records,
     parse_fact_record,
     parse_record,
-    read_records,
+    record_count,
 )
 
 __all__ = [
@@ -104,10 +104,6 @@ def conflict_error(file, index, request: EditRequest, field: str, first_file, fi
                         f" which edits the same prompt to {first.target_new!r}")
 
 
-def _record_count(path: Path) -> int:
-    return len(read_records(path, None))
-
-
 def check_same_format(formats: dict[str, str], fmt: str, file: str) -> None:
     """Files of one run share one format (it decides the metrics); `formats`: format -> first file."""
     formats.setdefault(fmt, file)
@@ -152,7 +148,7 @@ def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_inval
         if limit is not None and limit <= 0:
             break
         fmt, file, records = open_records(file_path, format, limit, zsre_target, offset)
-        offset = max(0, offset - _record_count(file_path)) if not records else 0
+        offset = max(0, offset - record_count(file_path)) if not records else 0
         if limit is not None:
             limit -= len(records)
         if records:
