@@ -34,12 +34,28 @@ COUNTERFACT_KEYS = {**COMMON_KEYS["counterfact"], "edit_score": "edit_score"}
 
 
 def machine() -> str:
+    """Where a result was measured. The CPU model and the kernel set torch picked (AVX2, AVX512) are
+    part of it: on another CPU the same command and seed runs other float kernels, and training
+    amplifies rounding differences into score differences (BENCHMARKS.md, MQuAKE)."""
     import torch
 
-    host = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    cpu = f"{platform.machine()} {cpu_model()}".strip()
+    kernels = torch.backends.cpu.get_cpu_capability()
+    host = f"{cpu} ({kernels}), {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     if torch.cuda.is_available():  # the GPU a GPU table was measured on (CPU tables name none)
         host += f", {torch.cuda.get_device_name()}"
     return host
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows ("" if nothing)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def locality_mix(augment: dict) -> str:

@@ -5,7 +5,7 @@ import sys
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from edit_quality import anchors, locality_mix, metric_cells, training_numerics  # noqa: E402
+from edit_quality import anchors, locality_mix, machine, metric_cells, training_numerics  # noqa: E402
 
 
 def test_rows_name_their_locality_mix():
@@ -35,3 +35,12 @@ def test_rows_name_their_anchors_and_how_the_loss_weighs_them():
     assert anchors({"continuation_tokens": 8}, {"anchor_weight": None}) == "8 tokens, pooled"
     assert anchors({"continuation_tokens": 0}, {"anchor_weight": 0.2}) == "-"
     assert anchors({}, {}) == "-"  # resolved before anchors existed
+
+
+def test_rows_name_the_cpu_kernels_they_ran_on():
+    """Float results depend on the kernel set (AVX2 vs AVX512), so a row says which one it used."""
+    import torch
+
+    host = machine()
+    assert f"({torch.backends.cpu.get_cpu_capability()})" in host
+    assert f"torch {torch.__version__}, {torch.get_num_threads()} threads" in host
