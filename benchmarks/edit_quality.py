@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config, to_dict  # noqa: E402
 from ftedit.metrics import COMMON_KEYS  # noqa: E402
+from ftedit.precision import cpuinfo_field  # noqa: E402
 from ftedit.pipeline import run_mass_edit  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -49,13 +50,7 @@ def machine() -> str:
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows ("" if nothing)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return cpuinfo_field("model name") or platform.processor()
 
 
 def locality_mix(augment: dict) -> str:

@@ -21,15 +21,21 @@ import torch
 BF16_PRECISIONS = ("bf16-mixed", "bf16")
 
 
-def _cpu_flags() -> set[str]:
+def cpuinfo_field(*names: str) -> str | None:
+    """The value of the first /proc/cpuinfo line whose key starts with one of `names` (Linux);
+    None where there is no such line or no /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("flags", "Features")):  # x86 / aarch64
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(names):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    return set((cpuinfo_field("flags", "Features") or "").split())  # x86 / aarch64
 
 
 def native_bf16(device: torch.device) -> bool:
