@@ -89,8 +89,7 @@ def main() -> int:
         child(*args.child, args.overrides)
         return 0
 
-    import os
-    import platform
+    from benchmarks.edit_quality import machine
 
     runs = []
     for n in sorted(args.sizes):
@@ -102,7 +101,7 @@ def main() -> int:
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  {runs[-1]['peak_rss_mb']:.0f} MB peak, {runs[-1]['wall_seconds']:.0f} s", file=sys.stderr)
     result = {"config": args.config, "overrides": args.overrides, "runs": runs,
-              "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+              "date": datetime.date.today().isoformat(), "machine": machine()}
     from benchmarks.markdown_table import BENCHMARKS_MD, publish
 
     text = BENCHMARKS_MD.read_text()

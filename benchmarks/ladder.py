@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.cli import parse_args  # noqa: E402
+from benchmarks.edit_quality import machine  # noqa: E402
 from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
@@ -77,6 +78,8 @@ def row(dataset: str, method: str, tuning: str, n_edits: int, side: dict, summar
         "train_tokens_per_s": train["train_tokens_per_s"] if edited else None,
         "run": run_dir if edited else None,
         "date": datetime.date.today().isoformat(),
+        # Rows from other CPUs can differ by several points for the same seed (BENCHMARKS.md, MQuAKE re-runs).
+        "machine": machine(),
     }
 
 

@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+from edit_quality import machine  # noqa: E402
 from ladder import merge_rows, run_ladder, rung_overrides  # noqa: E402
 
 
@@ -72,6 +73,7 @@ def test_a_ladder_rung_on_the_tiny_model_writes_rows_table_and_plot(tmp_path):
     by_method = {r["method"]: r for r in rows}
     for r in rows:
         assert r["dataset"] == "jsonl" and 0 <= r["edit_score"] <= 100 and r["fluency"] is not None
+        assert r["machine"].split(",")[0] == machine().split(",")[0]  # the CPU and its kernel set
     # The rung ran its own recipe on the base config: conditional loss, prefixes and random facts.
     full = json.loads((tmp_path / "runs" / "smoke-4-lora-FT_M_P_R" / "summary.json").read_text())
     assert full["examples"]["by_kind"] == {"edit": 4, "paraphrase": 12, "random": 12}
