@@ -89,7 +89,7 @@ def main() -> int:
         child(*args.child, args.overrides)
         return 0
 
-    from benchmarks.edit_quality import machine
+    from benchmarks.host import machine
 
     runs = []
     for n in sorted(args.sizes):

@@ -12,18 +12,16 @@ import argparse
 import datetime
 import json
 import logging
-import os
-import platform
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.host import machine  # noqa: E402
 from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config, to_dict  # noqa: E402
 from ftedit.metrics import COMMON_KEYS  # noqa: E402
-from ftedit.precision import cpuinfo_field  # noqa: E402
 from ftedit.pipeline import run_mass_edit  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -32,25 +30,6 @@ TABLE_START, TABLE_END = "<!-- edit-quality:start -->", "<!-- edit-quality:end -
 # specificity). Results files recorded before zsRE runs were (2026-12-04) hold CounterFact's own keys only.
 METRICS = ("efficacy", "generalization", "locality", "edit_score")
 COUNTERFACT_KEYS = {**COMMON_KEYS["counterfact"], "edit_score": "edit_score"}
-
-
-def machine() -> str:
-    """Where a result was measured. The CPU model and the kernel set torch picked (AVX2, AVX512) are
-    part of it: on another CPU the same command and seed runs other float kernels, and training
-    amplifies rounding differences into score differences (BENCHMARKS.md, MQuAKE)."""
-    import torch
-
-    cpu = f"{platform.machine()} {cpu_model()}".strip()
-    kernels = torch.backends.cpu.get_cpu_capability()
-    host = f"{cpu} ({kernels}), {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    if torch.cuda.is_available():  # the GPU a GPU table was measured on (CPU tables name none)
-        host += f", {torch.cuda.get_device_name()}"
-    return host
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows ("" if nothing)."""
-    return cpuinfo_field("model name") or platform.processor()
 
 
 def locality_mix(augment: dict) -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.edit_quality import machine  # noqa: E402
+from benchmarks.host import machine  # noqa: E402
 from benchmarks.markdown_table import publish, table_markers  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 

@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.markdown_table import publish, table_markers  # noqa: E402
-from benchmarks.edit_quality import machine  # noqa: E402
+from benchmarks.host import machine  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"

@@ -5,7 +5,8 @@ import sys
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from edit_quality import anchors, locality_mix, machine, metric_cells, training_numerics  # noqa: E402
+from edit_quality import anchors, locality_mix, metric_cells, training_numerics  # noqa: E402
+from host import machine  # noqa: E402
 
 
 def test_rows_name_their_locality_mix():

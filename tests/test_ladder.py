@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from edit_quality import machine  # noqa: E402
+from host import machine  # noqa: E402
 from ladder import merge_rows, run_ladder, rung_overrides  # noqa: E402
 
 
