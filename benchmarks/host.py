@@ -6,21 +6,16 @@ process's memory or start-up import it without loading what they measure.
 
 import os
 import platform
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
 
-from ftedit.precision import cpuinfo_field  # noqa: E402
+from ftedit.precision import cpuinfo_field
 
 
 def machine() -> str:
     """Where a result was measured. The CPU model and the kernel set torch picked (AVX2, AVX512) are
     part of it: on another CPU the same command and seed runs other float kernels, and training
     amplifies rounding differences into score differences (BENCHMARKS.md, MQuAKE)."""
-    import torch
-
     cpu = f"{platform.machine()} {cpu_model()}".strip()
     kernels = torch.backends.cpu.get_cpu_capability()
     host = f"{cpu} ({kernels}), {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
