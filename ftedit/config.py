@@ -65,10 +65,16 @@ class DataConfig:
     """zsRE edit target: `alt` (EasyEdit and the FT-editing paper) or `answers` (answers[0], MEMIT)."""
     on_invalid: Literal["error", "skip"] = "error"
     """`error`: stop on the first bad record; `skip`: drop bad records and list them in the report."""
+    mquake_neighbours: int = 10
+    """MQuAKE: neighbourhood prompts per rewrite, for locality (CounterFact's NS): cloze statements
+    of other subjects' facts with the rewrite's relation and old answer that no case of the file
+    edits (`ftedit/mquake_neighbours.py`). 0: none, and the edit score is the harmonic mean of
+    efficacy and generalization alone (as before 2026-12-06). Other formats ignore it."""
 
     def __post_init__(self):
         _require(bool(self.requests), "requests", "must name a requests file")
         _require(self.offset >= 0, "offset", f"must be >= 0, got {self.offset}")
+        _require(self.mquake_neighbours >= 0, "mquake_neighbours", f"must be >= 0, got {self.mquake_neighbours}")
         for key in ("limit", "fact_pool_limit"):
             value = getattr(self, key)
             _require(value is None or value > 0, key, f"must be a positive count, got {value}")

@@ -241,6 +241,7 @@ class MetricTotals:
         present = [out[k] for k in ("efficacy", "generalization", "locality") if out[k] is not None]
         out["edit_score"] = harmonic_mean(present) if present else None
         out["n_records"] = self.n_records
+        out["n_locality"] = self.counts[COMMON_KEYS[self.kind]["locality"]]  # records with locality prompts
         return out
 
 
@@ -252,7 +253,8 @@ def summarize(records: Sequence[dict], kind: str) -> dict:
     efficacy/generalization/locality, ``easyedit_locality`` and ``fluency`` if present (fluency
     x100 too, as MEMIT's generation entropy),
     ``portability`` where records carry it (x100),
-    ``edit_score`` = harmonic mean of the non-None common keys, and ``n_records``.
+    ``edit_score`` = harmonic mean of the non-None common keys, ``n_records``, and ``n_locality``
+    (how many records have locality prompts, hence count in the locality mean).
     """
     totals = MetricTotals(kind)
     for record in records:

@@ -73,6 +73,9 @@ def render_markdown(summary: dict) -> str:
         b, a = before.get(key), after.get(key)
         change = "n/a" if a is None or b is None else f"{a - b:+.1f}"
         lines.append(f"| {label} | {_fmt(b)} | {_fmt(a)} | {change} |")
+    n_locality, n_records = after.get("n_locality"), after.get("n_records")
+    if n_locality is not None and n_records and n_locality < n_records:
+        lines += ["", f"Locality is measured on the {n_locality} of {n_records} edits that have neighbourhood prompts."]
     train, examples = summary["train"], summary["examples"]
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(examples["by_kind"].items()))
     lines += [

@@ -20,7 +20,14 @@ import numpy as np
 
 from ftedit.config import DataConfig
 from ftedit.edit_request import EditRequest, Fact, RequestError
-from ftedit.request_formats import check_arguments, detect_format, parse_record, read_records, record_count
+from ftedit.request_formats import (
+    check_arguments,
+    detect_format,
+    neighbour_index,
+    parse_record,
+    read_records,
+    record_count,
+)
 from ftedit.requests import (
     check_same_format,
     conflict_error,
@@ -46,7 +53,7 @@ def _error_text(error: RequestError) -> str:
     return json.dumps([error.file, error.index, error.case_id, error.field, error.message])
 
 
-def _parse_files(batch: dict, format: str, zsre_target: str) -> dict:
+def _parse_files(batch: dict, format: str, zsre_target: str, mquake_neighbours: int) -> dict:
     """Ray Data stage: file rows (file_no, file, start, stop) -> one row per request or bad record."""
     columns: dict[str, list] = {name: [] for name in ("record", "request", "error", *_KEY_COLUMNS[2:])}
     for file_no, file, start, stop in zip(batch["file_no"], batch["file"], batch["start"], batch["stop"]):
@@ -58,8 +65,9 @@ def _parse_files(batch: dict, format: str, zsre_target: str) -> dict:
             records, fmt, fatal = [(0, exc)], format, exc
         else:
             fatal = None
+        neighbours = None if fatal else neighbour_index(fmt, path, mquake_neighbours)
         for index, record in records:
-            outcome = fatal or parse_record(fmt, str(path), index, record, zsre_target)
+            outcome = fatal or parse_record(fmt, str(path), index, record, zsre_target, neighbours)
             rows = [outcome] if isinstance(outcome, RequestError) else outcome
             for item in rows:
                 bad = isinstance(item, RequestError)
@@ -172,7 +180,8 @@ def open_requests(data: DataConfig) -> RequestSource:
     windows = _file_windows(paths, data.offset, data.limit)
     files = [{"file_no": i, "file": str(p), "start": s, "stop": e} for i, (p, (s, e)) in enumerate(zip(paths, windows))]
     parsed = ray.data.from_items(files).map_batches(
-        _parse_files, fn_kwargs={"format": data.format, "zsre_target": data.zsre_target}, batch_size=1,
+        _parse_files, batch_size=1,
+        fn_kwargs={"format": data.format, "zsre_target": data.zsre_target, "mquake_neighbours": data.mquake_neighbours},
     ).materialize()
 
     # Only fixed-size keys, each batch's formats and the error rows come back to the driver.

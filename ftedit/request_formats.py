@@ -8,10 +8,12 @@ field. Checks that span records live in `requests.py`.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ftedit.edit_request import EditRequest, RequestError
+from ftedit.mquake_neighbours import NeighbourIndex
 
 FORMATS = ("counterfact", "zsre", "mquake", "jsonl")
 ZSRE_TARGETS = ("alt", "answers")
@@ -260,8 +262,10 @@ def open_records(path, format: str, limit: int | None, zsre_target: str, offset:
     return format, str(path), records
 
 
-def parse_record(format: str, file: str, index: int, record: Any, zsre_target: str):
-    """One raw record -> its requests, or the RequestError that rejects it."""
+def parse_record(format: str, file: str, index: int, record: Any, zsre_target: str,
+                 neighbours: NeighbourIndex | None = None):
+    """One raw record -> its requests, or the RequestError that rejects it. `neighbours`
+    (MQuAKE only) gives each rewrite its neighbourhood prompts."""
     try:
         if not isinstance(record, dict):
             raise RequestError(file, index, None, "(record)", f"expected an object, got {json_kind(record)}")
@@ -269,9 +273,21 @@ def parse_record(format: str, file: str, index: int, record: Any, zsre_target: s
         if isinstance(case_id, bool) or not isinstance(case_id, (int, str)) or not str(case_id).strip():
             raise RequestError(file, index, None, "case_id",
                                f"expected an integer or non-empty string, got {case_id!r}")
-        return _PARSERS[format](_Fields(record, file, index, str(case_id)), zsre_target)
+        requests = _PARSERS[format](_Fields(record, file, index, str(case_id)), zsre_target)
     except RequestError as exc:
         return exc
+    if format == "mquake" and neighbours is not None:  # one request per rewrite, in order
+        requests = [replace(r, neighbourhood=neighbours.prompts_for(item))
+                    for r, item in zip(requests, record["requested_rewrite"])]
+    return requests
+
+
+def neighbour_index(format: str, path: Path, per_edit: int) -> NeighbourIndex | None:
+    """The neighbourhood index of an MQuAKE file (built from all its records, whatever slice a
+    run edits), or None for other formats or `per_edit` 0."""
+    if format != "mquake" or per_edit <= 0:
+        return None
+    return NeighbourIndex((record for _, record in read_records(path, None)), per_edit)
 
 
 def parse_fact_record(file: str, index: int, record: dict) -> list[EditRequest] | RequestError:

@@ -21,6 +21,7 @@ from ftedit.request_formats import (
     ZSRE_TARGETS,
     check_arguments,
     detect_format,
+    neighbour_index,
     open_records,
     parse_fact_record,
     parse_record,
@@ -132,7 +133,8 @@ def request_paths(spec) -> list[Path]:
     return paths
 
 
-def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_invalid=False, offset=0) -> LoadResult:
+def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_invalid=False, offset=0,
+                  mquake_neighbours=0) -> LoadResult:
     """Load and validate edit requests in memory (format: 'auto' or one of FORMATS).
 
     `path` is a file, a glob or a list of them (`request_paths`); records are numbered in file
@@ -140,6 +142,7 @@ def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_inval
     skipping the first `offset` (a disjoint split: a sweep's validation edits). zsRE edits toward
     `alt`, or toward `answers[0]` with zsre_target="answers". The first error in file order is
     raised, unless skip_invalid drops bad records and collects their errors in `skipped`.
+    MQuAKE rewrites get up to `mquake_neighbours` neighbourhood prompts each (`mquake_neighbours.py`).
     The mass-edit job reads the same way, streaming, with `request_dataset.open_requests`.
     """
     check_arguments(format, limit, zsre_target, offset)
@@ -153,7 +156,9 @@ def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_inval
             limit -= len(records)
         if records:
             check_same_format(formats, fmt, file)
-        parsed += [(file, index, parse_record(fmt, file, index, record, zsre_target)) for index, record in records]
+        neighbours = neighbour_index(fmt, file_path, mquake_neighbours)
+        parsed += [(file, index, parse_record(fmt, file, index, record, zsre_target, neighbours))
+                   for index, record in records]
 
     # Cross-record checks over the requests of records that passed their own.
     rows = [(position, r) for position, (_, _, outcome) in enumerate(parsed)

@@ -296,9 +296,10 @@ def _probe_metrics(engine, tokenizer, probe: list, loop_config: dict, cfg: RunCo
     if rank == 0:
         log.info(
             "probe (%d edits): %s (%.0f s)", len(probe),
-            ", ".join(f"{k} {summary[k]:.1f}" for k in keys), time.perf_counter() - started,
+            ", ".join(f"{k} " + ("n/a" if summary[k] is None else f"{summary[k]:.1f}") for k in keys),
+            time.perf_counter() - started,
         )
-    return {f"probe_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k != "n_records"}
+    return {f"probe_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("n_records", "n_locality")}
 
 
 def _save_from_engine(engine, out_dir: Path, train: TrainConfig, rank: int) -> None:

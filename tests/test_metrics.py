@@ -137,7 +137,7 @@ def test_summarize_counterfact_per_record_averaging():
     assert s["locality"] == s["ns"]
     assert s["edit_score"] == pytest.approx(3 / (1 / 50 + 1 / 100 + 1 / 50))  # 60
     assert s["edit_score"] == pytest.approx(60.0)
-    assert s["n_records"] == 2
+    assert s["n_records"] == s["n_locality"] == 2
     assert "easyedit_locality" not in s
 
 
@@ -172,7 +172,7 @@ def test_summarize_zsre():
     assert s["locality"] == s["specificity"]
     assert s["edit_score"] == pytest.approx(3 / (1 / 100 + 1 / 50 + 1 / 100))
     assert s["edit_score"] == pytest.approx(75.0)
-    assert s["n_records"] == 2
+    assert s["n_records"] == 2 and s["n_locality"] == 1  # the report says locality covers 1 of 2
 
 
 def test_summarize_zero_locality_gives_zero_score():

@@ -92,6 +92,15 @@ def test_requests_without_a_true_answer_are_reported(ray_local, tmp_path):
     assert open_requests(DataConfig(requests=pattern)).missing_true == ["c1"]
 
 
+def test_mquake_neighbourhood_prompts_on_the_cluster_equal_the_in_memory_reader(ray_local, shared_data):
+    # Each task builds the file's neighbour index itself; a slice must get the prompts the whole
+    # file gives, whatever window the task reads.
+    data = DataConfig(requests=str(shared_data / "mquake" / "MQuAKE-CF.json"), offset=50, limit=50)
+    requests = all_requests(open_requests(data))
+    assert requests == load_requests(data.requests, limit=50, offset=50, mquake_neighbours=data.mquake_neighbours).requests
+    assert data.mquake_neighbours == 10 and sum(bool(r.neighbourhood) for r in requests) > 10
+
+
 def test_pool_exclusions_on_the_cluster_equal_the_in_memory_filter(ray_local, shared_data):
     data = DataConfig(requests=str(shared_data / "counterfact" / "counterfact-edit.json"), limit=300)
     source = open_requests(data)
