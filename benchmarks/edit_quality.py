@@ -59,7 +59,7 @@ def training_numerics(train: dict) -> str:
 def metric_cells(side: dict) -> str:
     """ "99.0 / 89.0 / 57.0 / 77.2": efficacy / generalization / locality / edit score of one side
     (before or after) of a results file, old (CounterFact keys only) or new; "n/a" for a score the
-    data has no probes for (MQuAKE has no locality prompts)."""
+    data has no probes for (MQuAKE runs before `data.mquake_neighbours`, 2026-12-06, had no locality)."""
     if "efficacy" in side:
         values = [side.get(k) for k in METRICS]
     else:
