@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides the runs were given, e.g. data.offset=100")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--benchmarks-md", default=str(REPO / "BENCHMARKS.md"))
-    args = parse_args(parser, argv)
+    args = parse_args(parser, argv, override_options=["--labels"])  # a label may hold "=" ("w = 0.2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     labels = args.labels or [Path(r).name for r in args.runs]
     if len(labels) != len(args.runs):

@@ -35,7 +35,7 @@ def test_rescore_scores_each_saved_model_and_the_unedited_one(tiny_model, tmp_pa
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("x\n<!-- t:start -->\n<!-- t:end -->\n")
 
-    rescore.main(["--config", str(config), "--runs", str(same), str(changed), "--labels", "same", "changed",
+    rescore.main(["--config", str(config), "--runs", str(same), str(changed), "--labels", "same", "changed, w = 1",
                   "--output", "t", "--results", str(tmp_path / "results"), "--benchmarks-md", str(md),
                   "eval.batch_size=4"])
     result = json.loads((tmp_path / "results" / "t.json").read_text())
@@ -47,7 +47,7 @@ def test_rescore_scores_each_saved_model_and_the_unedited_one(tiny_model, tmp_pa
     assert same_row["easyedit_locality"] == 100.0  # top-1 tokens compared with the unedited model's
     assert changed_row["nm"] != pytest.approx(unedited["nm"])
     table = md.read_text()
-    assert "| same |" in table and "| 1 of 2 |" in table and table.count("\n| ") == 4  # header + 3 models
+    assert "| same |" in table and "| changed, w = 1 |" in table and "| 1 of 2 |" in table and table.count("\n| ") == 4  # header + 3 models
 
 
 def test_rescore_refuses_runs_without_a_merged_model(tmp_path):
