@@ -10,6 +10,7 @@ results file there. Nothing in the table is typed by hand.
 
 import argparse
 import datetime
+import hashlib
 import json
 import logging
 import sys
@@ -95,9 +96,20 @@ def update_benchmarks_md() -> None:
     path.write_text(replace_between(path.read_text(), TABLE_START, TABLE_END, render_table()))
 
 
+MAX_NAME = 200
+"""Longest results file stem: file systems refuse names over 255 bytes, and a long list of
+overrides reaches that (a 23-minute run once ended unrecorded on it)."""
+
+
 def result_name(config: str, overrides: list[str]) -> str:
+    """The results file stem: the config's name and its overrides; a long one is cut and ends in
+    a digest of the whole, so distinct runs keep distinct files."""
     slug = "__".join(o.replace("=", "-").replace("/", "_").replace(".", "_") for o in overrides)
-    return Path(config).stem + (f"__{slug}" if slug else "")
+    name = Path(config).stem + (f"__{slug}" if slug else "")
+    if len(name.encode()) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name.encode()[: MAX_NAME - 14].decode(errors="ignore") + "__" + digest
 
 
 def record(summary: dict, cfg, label: str, command: str, name: str, date: str | None = None) -> None:

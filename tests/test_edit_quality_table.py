@@ -5,7 +5,7 @@ import sys
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from edit_quality import anchors, locality_mix, metric_cells, training_numerics  # noqa: E402
+from edit_quality import MAX_NAME, anchors, locality_mix, metric_cells, result_name, training_numerics  # noqa: E402
 from host import machine  # noqa: E402
 
 
@@ -45,3 +45,14 @@ def test_rows_name_the_cpu_kernels_they_ran_on():
     host = machine()
     assert f"({torch.backends.cpu.get_cpu_capability()})" in host
     assert f"torch {torch.__version__}, {torch.get_num_threads()} threads" in host
+
+
+def test_results_names_stay_within_file_name_limits_and_apart():
+    assert result_name("configs/bench-zsre-smollm2.yaml", ["seed=1", "output.dir=runs/x"]) == \
+        "bench-zsre-smollm2__seed-1__output_dir-runs_x"
+    long = ["train.precision=fp32", "eval.fluency_tokens=50", "seed=3", "data.fact_pool=../shared/data/mquake/MQuAKE-CF.json",
+            "augment.n_random=5", "augment.n_same_answer=5", "augment.continuation_tokens=8", "loss.anchor_weight=0.2"]
+    a = result_name("configs/bench-mquake-smollm2.yaml", [*long, "output.dir=runs/a-seed3"])
+    b = result_name("configs/bench-mquake-smollm2.yaml", [*long, "output.dir=runs/a-seed4"])
+    assert len(a.encode()) <= MAX_NAME and len(b.encode()) <= MAX_NAME and a != b
+    assert a.startswith("bench-mquake-smollm2__train_precision-fp32__")
