@@ -31,8 +31,9 @@ def _get(value: Any, *keys):
     return value
 
 
-def _triples(record: Any, key: str) -> list[tuple[str, str, str]]:
-    """The well-formed [subject, relation, object] id triples of `record["orig"][key]`."""
+def _triples(record: Any, key: str) -> list[tuple[str, str, str] | None]:
+    """The [subject, relation, object] id triples of `record["orig"][key]`, None for a malformed
+    one (kept in place: `triples` must stay aligned with `single_hops`)."""
     items = _get(record, "orig", key)
     if not isinstance(items, list):
         return []

@@ -65,7 +65,7 @@ def _parse_files(batch: dict, format: str, zsre_target: str, mquake_neighbours: 
             records, fmt, fatal = [(0, exc)], format, exc
         else:
             fatal = None
-        neighbours = None if fatal else neighbour_index(fmt, path, mquake_neighbours)
+        neighbours = neighbour_index(fmt, path, mquake_neighbours) if records and not fatal else None
         for index, record in records:
             outcome = fatal or parse_record(fmt, str(path), index, record, zsre_target, neighbours)
             rows = [outcome] if isinstance(outcome, RequestError) else outcome

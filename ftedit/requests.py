@@ -142,7 +142,8 @@ def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_inval
     skipping the first `offset` (a disjoint split: a sweep's validation edits). zsRE edits toward
     `alt`, or toward `answers[0]` with zsre_target="answers". The first error in file order is
     raised, unless skip_invalid drops bad records and collects their errors in `skipped`.
-    MQuAKE rewrites get up to `mquake_neighbours` neighbourhood prompts each (`mquake_neighbours.py`).
+    MQuAKE rewrites get up to `mquake_neighbours` neighbourhood prompts each (`mquake_neighbours.py`;
+    none by default here, where the job's `data.mquake_neighbours` gives 10).
     The mass-edit job reads the same way, streaming, with `request_dataset.open_requests`.
     """
     check_arguments(format, limit, zsre_target, offset)
@@ -156,7 +157,7 @@ def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_inval
             limit -= len(records)
         if records:
             check_same_format(formats, fmt, file)
-        neighbours = neighbour_index(fmt, file_path, mquake_neighbours)
+        neighbours = neighbour_index(fmt, file_path, mquake_neighbours) if records else None
         parsed += [(file, index, parse_record(fmt, file, index, record, zsre_target, neighbours))
                    for index, record in records]
 
