@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import datetime
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         result = evaluate(model, tokenizer, requests, kind, settings, reference=reference)
         reference = reference or result  # the unedited model's scores: EasyEdit locality of the others
         rows.append({"label": label, "model": model_dir, "summary": result.summary})
-    command = " ".join(["python benchmarks/rescore.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "benchmarks/rescore.py", *(sys.argv[1:] if argv is None else argv)])
     result = {"config": args.config, "command": command,
               "metric_kind": kind, "date": datetime.date.today().isoformat(), "machine": machine(), "rows": rows}
     publish(result, Path(args.results) / f"{args.output}.json", markers, render_table(rows), Path(args.benchmarks_md))

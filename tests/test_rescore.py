@@ -41,6 +41,7 @@ def test_rescore_scores_each_saved_model_and_the_unedited_one(tiny_model, tmp_pa
     result = json.loads((tmp_path / "results" / "t.json").read_text())
     unedited, same_row, changed_row = (r["summary"] for r in result["rows"])
     assert result["metric_kind"] == "counterfact" and "eval.batch_size=4" in result["command"]
+    assert "'changed, w = 1'" in result["command"]  # a command line that runs as written
     assert (unedited["n_records"], unedited["n_locality"]) == (2, 1)
     for key in ("efficacy", "generalization", "locality", "edit_score", "em", "nm"):
         assert same_row[key] == pytest.approx(unedited[key]), key
