@@ -1,12 +1,8 @@
 """report.md: the before/after table and what it covers."""
 
 from ftedit.metrics import counterfact_record, summarize
-from ftedit.metrics import ProbeScore
 from ftedit.report import render_markdown
-
-
-def pair(nll_new, nll_true):
-    return ProbeScore(nll_new, (True,), (0,)), ProbeScore(nll_true, (True,), (0,))
+from tests.test_metrics import pair
 
 
 def summary_of(records):
