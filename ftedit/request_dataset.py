@@ -22,10 +22,8 @@ from ftedit.config import DataConfig
 from ftedit.edit_request import EditRequest, Fact, RequestError
 from ftedit.request_formats import (
     check_arguments,
-    detect_format,
-    neighbour_index,
+    open_records,
     parse_record,
-    read_records,
     record_count,
 )
 from ftedit.requests import (
@@ -59,13 +57,12 @@ def _parse_files(batch: dict, format: str, zsre_target: str, mquake_neighbours: 
     for file_no, file, start, stop in zip(batch["file_no"], batch["file"], batch["start"], batch["stop"]):
         path = Path(str(file))
         try:
-            records = read_records(path, None if stop < 0 else int(stop - start), int(start))
-            fmt = format if format != "auto" else (detect_format(path, records[0][1]) if records else "jsonl")
+            fmt, _, records, neighbours = open_records(path, format, None if stop < 0 else int(stop - start),
+                                                       zsre_target, int(start), mquake_neighbours)
         except RequestError as exc:  # the whole file is unusable: a row the driver raises, skip or not
-            records, fmt, fatal = [(0, exc)], format, exc
+            records, fmt, neighbours, fatal = [(0, exc)], format, None, exc
         else:
             fatal = None
-        neighbours = neighbour_index(fmt, path, mquake_neighbours) if records and not fatal else None
         for index, record in records:
             outcome = fatal or parse_record(fmt, str(path), index, record, zsre_target, neighbours)
             rows = [outcome] if isinstance(outcome, RequestError) else outcome

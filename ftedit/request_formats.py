@@ -252,14 +252,27 @@ def check_arguments(format: str, limit: int | None, zsre_target: str, offset: in
         raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
 
 
-def open_records(path, format: str, limit: int | None, zsre_target: str, offset: int = 0) -> tuple[str, str, list]:
-    """Check the arguments, read the raw records, resolve the format: (format, file, records)."""
+def open_records(path, format: str, limit: int | None, zsre_target: str, offset: int = 0,
+                 mquake_neighbours: int = 0) -> tuple[str, str, list, NeighbourIndex | None]:
+    """Check the arguments, read the raw records `offset` .. `offset + limit`, resolve the format:
+    (format, file, records, neighbours). `neighbours` is the neighbourhood index of an MQuAKE file
+    (built from all its records, whatever slice a run edits), None for other formats, for
+    `mquake_neighbours` 0 or for an empty slice. A .json list is parsed whole whatever the slice,
+    so its slice and its index come from one parse."""
     check_arguments(format, limit, zsre_target, offset)
     path = Path(path)
-    records = read_records(path, limit, offset)
+    whole = None if path.suffix.lower() == ".jsonl" else read_records(path, None)
+    if whole is None:  # .jsonl: records before the offset stay unparsed
+        records = read_records(path, limit, offset)
+    else:
+        records = whole[offset:] if limit is None else whole[offset:offset + limit]
     if format == "auto":
         format = detect_format(path, records[0][1]) if records else "jsonl"
-    return format, str(path), records
+    neighbours = None
+    if format == "mquake" and mquake_neighbours > 0 and records:
+        everything = whole if whole is not None else read_records(path, None)
+        neighbours = NeighbourIndex((record for _, record in everything), mquake_neighbours)
+    return format, str(path), records, neighbours
 
 
 def parse_record(format: str, file: str, index: int, record: Any, zsre_target: str,
@@ -280,14 +293,6 @@ def parse_record(format: str, file: str, index: int, record: Any, zsre_target: s
         requests = [replace(r, neighbourhood=neighbours.prompts_for(item))
                     for r, item in zip(requests, record["requested_rewrite"])]
     return requests
-
-
-def neighbour_index(format: str, path: Path, per_edit: int) -> NeighbourIndex | None:
-    """The neighbourhood index of an MQuAKE file (built from all its records, whatever slice a
-    run edits), or None for other formats or `per_edit` 0."""
-    if format != "mquake" or per_edit <= 0:
-        return None
-    return NeighbourIndex((record for _, record in read_records(path, None)), per_edit)
 
 
 def parse_fact_record(file: str, index: int, record: dict) -> list[EditRequest] | RequestError:

@@ -21,7 +21,6 @@ from ftedit.request_formats import (
     ZSRE_TARGETS,
     check_arguments,
     detect_format,
-    neighbour_index,
     open_records,
     parse_fact_record,
     parse_record,
@@ -151,13 +150,12 @@ def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_inval
     for file_path in request_paths(path):
         if limit is not None and limit <= 0:
             break
-        fmt, file, records = open_records(file_path, format, limit, zsre_target, offset)
+        fmt, file, records, neighbours = open_records(file_path, format, limit, zsre_target, offset, mquake_neighbours)
         offset = max(0, offset - record_count(file_path)) if not records else 0
         if limit is not None:
             limit -= len(records)
         if records:
             check_same_format(formats, fmt, file)
-        neighbours = neighbour_index(fmt, file_path, mquake_neighbours) if records else None
         parsed += [(file, index, parse_record(fmt, file, index, record, zsre_target, neighbours))
                    for index, record in records]
 
@@ -192,7 +190,7 @@ def load_fact_pool(path, format="auto", limit=None) -> list[Fact]:
     """
     # zsre_target="answers" makes target_new = answers[0] and leaves `alt` unchecked,
     # so a zsRE record with an unusable alt still yields its true fact.
-    fmt, file, records = open_records(path, format, limit, zsre_target="answers")
+    fmt, file, records, _ = open_records(path, format, limit, zsre_target="answers")
     facts, seen = [], set()
     for index, record in records:
         if fmt == "jsonl" and isinstance(record, dict) and "target_new" not in record:

@@ -1,6 +1,7 @@
 """MQuAKE neighbourhood prompts: other subjects' unedited facts with an edit's relation and old answer."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +56,23 @@ def test_records_without_usable_chains_give_no_neighbours_and_no_error():
     index = NeighbourIndex([good, misaligned, *broken], per_edit=5)
     assert index.prompts_for(good["requested_rewrite"][0]) == ("Cid rP27",)
     assert index.prompts_for({"relation_id": None}) == () and index.prompts_for("nonsense") == ()
+
+
+def test_a_slice_of_an_mquake_file_reads_it_once_and_indexes_all_of_it(tmp_path, monkeypatch):
+    records = [case(1, "Ann", "P27", "HR", "US", hops=[("Cid", "P27", "US", "Cid rP27")]),
+               case(2, "Bob", "P27", "FR", "US")]
+    path = tmp_path / "mquake.json"
+    path.write_text(json.dumps(records))
+    reads, read_text = [], Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or read_text(self, *a, **k))
+    # Bob's neighbour is a hop of record 0, outside the slice: the index still sees it.
+    (bob,) = load_requests(path, offset=1, mquake_neighbours=5).requests
+    assert bob.subject == "Bob" and bob.neighbourhood == ("Cid rP27",)
+    assert reads == ["mquake.json"]  # the slice and the index come from one parse
+    lines = tmp_path / "mquake.jsonl"  # JSONL skips lines before the offset, so it reads again
+    lines.write_text("\n".join(json.dumps(r) for r in records))
+    (bob,) = load_requests(lines, format="mquake", offset=1, mquake_neighbours=5).requests
+    assert bob.neighbourhood == ("Cid rP27",)
 
 
 def test_real_mquake_edits_get_unedited_same_relation_same_answer_statements(shared_data):
