@@ -22,14 +22,13 @@ sys.path.insert(0, str(REPO))
 from benchmarks.host import machine  # noqa: E402
 from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config, to_dict  # noqa: E402
-from ftedit.metrics import COMMON_KEYS  # noqa: E402
+from ftedit.metrics import COMMON_KEYS, SUMMARY_KEYS  # noqa: E402
 from ftedit.pipeline import run_mass_edit  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 TABLE_START, TABLE_END = "<!-- edit-quality:start -->", "<!-- edit-quality:end -->"
-# The job's dataset-neutral scores (CounterFact's ES / PS / NS, zsRE's efficacy / generalization /
-# specificity). Results files recorded before zsRE runs were (2026-12-04) hold CounterFact's own keys only.
-METRICS = ("efficacy", "generalization", "locality", "edit_score")
+# Results files recorded before zsRE runs were (2026-12-04) hold CounterFact's own keys only
+# (ES / PS / NS), not the summary's dataset-neutral ones: read through this map.
 COUNTERFACT_KEYS = {**COMMON_KEYS["counterfact"], "edit_score": "edit_score"}
 
 
@@ -62,9 +61,9 @@ def metric_cells(side: dict) -> str:
     (before or after) of a results file, old (CounterFact keys only) or new; "n/a" for a score the
     data has no probes for (MQuAKE runs before `data.mquake_neighbours`, 2026-12-06, had no locality)."""
     if "efficacy" in side:
-        values = [side.get(k) for k in METRICS]
+        values = [side.get(k) for k in SUMMARY_KEYS]
     else:
-        values = [side.get(COUNTERFACT_KEYS[k]) for k in METRICS]
+        values = [side.get(COUNTERFACT_KEYS[k]) for k in SUMMARY_KEYS]
     return " / ".join("n/a" if v is None else f"{v:.1f}" for v in values)
 
 
@@ -117,8 +116,8 @@ def record(summary: dict, cfg, label: str, command: str, name: str, date: str | 
         "config": label,
         "command": command,
         "n_edits": summary["n_edits"],
-        "before": {k: summary["before"].get(k) for k in (*METRICS, "fluency", "portability")},
-        "after": {k: summary["after"].get(k) for k in (*METRICS, "fluency", "portability")},
+        "before": {k: summary["before"].get(k) for k in (*SUMMARY_KEYS, "fluency", "portability")},
+        "after": {k: summary["after"].get(k) for k in (*SUMMARY_KEYS, "fluency", "portability")},
         "metric_kind": summary["metric_kind"],
         "wall_seconds": summary["wall_seconds"],
         "train_seconds": summary["train"]["train_seconds"],

@@ -39,6 +39,7 @@ from benchmarks.cli import parse_args  # noqa: E402
 from benchmarks.host import machine  # noqa: E402
 from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
+from ftedit.metrics import SUMMARY_KEYS  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 TABLE_START, TABLE_END = "<!-- ladder:start -->", "<!-- ladder:end -->"
@@ -71,7 +72,7 @@ def row(dataset: str, method: str, tuning: str, n_edits: int, side: dict, summar
         "method": method,
         "tuning": tuning if edited else "-",
         "n_edits": n_edits,
-        **{k: side[k] for k in ("efficacy", "generalization", "locality", "edit_score")},
+        **{k: side[k] for k in SUMMARY_KEYS},
         "fluency": side.get("fluency"),
         "portability": side.get("portability"),  # MQuAKE's multi-hop questions; None elsewhere
         "wall_seconds": summary["wall_seconds"] if edited else None,

@@ -29,9 +29,9 @@ from benchmarks.cli import parse_args  # noqa: E402
 from benchmarks.host import machine  # noqa: E402
 from benchmarks.markdown_table import publish, table_markers  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
+from ftedit.metrics import SUMMARY_KEYS  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-METRICS = ("efficacy", "generalization", "locality", "edit_score")
 
 
 def _cell(value) -> str:
@@ -43,7 +43,7 @@ def render_table(rows: list[dict]) -> str:
              "|---|---|---:|---:|"]
     for r in rows:
         s = r["summary"]
-        lines.append(f"| {r['label']} | {' / '.join(_cell(s.get(k)) for k in METRICS)} "
+        lines.append(f"| {r['label']} | {' / '.join(_cell(s.get(k)) for k in SUMMARY_KEYS)} "
                      f"| {s['n_locality']} of {s['n_records']} | {_cell(s.get('portability'))} |")
     return "\n".join(lines)
 

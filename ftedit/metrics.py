@@ -199,6 +199,9 @@ _KEYS = {
     "counterfact": ("es", "ps", "ns", "em", "pm", "nm"),
     "zsre": ("efficacy", "generalization", "specificity"),
 }
+# The edit score's terms (harmonic mean) and the score: the keys every summary has, whatever the data.
+EDIT_SCORE_TERMS = ("efficacy", "generalization", "locality")
+SUMMARY_KEYS = (*EDIT_SCORE_TERMS, "edit_score")
 # The dataset-neutral names of each kind's three scores (what summaries and reports call them).
 COMMON_KEYS = {
     "counterfact": {"efficacy": "es", "generalization": "ps", "locality": "ns"},
@@ -238,7 +241,7 @@ class MetricTotals:
         for common, src in COMMON_KEYS[self.kind].items():
             if common not in out:
                 out[common] = out[src]
-        present = [out[k] for k in ("efficacy", "generalization", "locality") if out[k] is not None]
+        present = [out[k] for k in EDIT_SCORE_TERMS if out[k] is not None]
         out["edit_score"] = harmonic_mean(present) if present else None
         out["n_records"] = self.n_records
         out["n_locality"] = self.counts[COMMON_KEYS[self.kind]["locality"]]  # records with locality prompts

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ftedit.config import RunConfig, TrainConfig, from_dict, to_dict
+from ftedit.metrics import SUMMARY_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -292,11 +293,10 @@ def _probe_metrics(engine, tokenizer, probe: list, loop_config: dict, cfg: RunCo
     with torch.autocast(torch.device(engine.device).type, dtype=torch.bfloat16, enabled=mixed):
         summary = evaluate(engine.module, tokenizer, probe, loop_config["metric_kind"], settings).summary
     engine.train()
-    keys = ("efficacy", "generalization", "locality", "edit_score")
     if rank == 0:
         log.info(
             "probe (%d edits): %s (%.0f s)", len(probe),
-            ", ".join(f"{k} " + ("n/a" if summary[k] is None else f"{summary[k]:.1f}") for k in keys),
+            ", ".join(f"{k} " + ("n/a" if summary[k] is None else f"{summary[k]:.1f}") for k in SUMMARY_KEYS),
             time.perf_counter() - started,
         )
     return {f"probe_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("n_records", "n_locality")}

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from ftedit.config import ConfigError, DataConfig, RunConfig, _require, apply_override, dump_config, from_dict
+from ftedit.metrics import SUMMARY_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +332,7 @@ def _trial_row(trial, result, sweep: SweepConfig, epochs: int, trials_dir: Path)
         "epochs": done_epochs,
         "probe": metrics.get(f"probe_{sweep.metric}"),
         "probe_edit_score": metrics.get("probe_edit_score"),
-        "validation": validation and {k: validation[k] for k in ("efficacy", "generalization", "locality", "edit_score")},
+        "validation": validation and {k: validation[k] for k in SUMMARY_KEYS},
         "seconds": metrics.get("time_total_s"),
     }
 
@@ -349,7 +350,7 @@ def _write_trials(out: Path, trials: list[dict], best: dict | None, metric: str)
     ]
     for t in trials:
         v = t["validation"]
-        val = " / ".join(fmt(v[k]) for k in ("efficacy", "generalization", "locality", "edit_score")) if v else "n/a"
+        val = " / ".join(fmt(v[k]) for k in SUMMARY_KEYS) if v else "n/a"
         mark = (" **best**" if t is best else "") + (" (base)" if t.get("base") else "")
         detail = t["detail"].replace("|", "/")  # an error message must not split the table row
         lines.append(f"| {t['trial_id']}{mark} | {_values_text(t['values'])} | {detail} | {t['epochs']} "
