@@ -109,6 +109,15 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def series_label(tuning: str, n_edits: int, series: list[dict]) -> str:
+    """A plot line's legend entry; it says so where the edit score has no locality term (MQuAKE
+    rows measured before its neighbourhood prompts were, 2026-12-06), so two-term and three-term
+    scores are not read as one scale."""
+    edited = [r for r in series if r["method"] != "unedited"]
+    without = edited and all(r["locality"] is None for r in edited)
+    return f"{tuning}, {n_edits} edits" + (" (score without locality)" if without else "")
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Edit score and fluency per method, one panel pair per dataset, a line per tuning x size."""
     import matplotlib
@@ -136,7 +145,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 for ax, metric in zip(axes[d], ("edit_score", "fluency")):
                     y = [r[metric] if r[metric] is not None else float("nan") for r in series]
                     line, marker = style.get(tuning, (":", "^"))
-                    ax.plot(x, y, line, marker=marker, color=colour[n], label=f"{tuning}, {n} edits")
+                    ax.plot(x, y, line, marker=marker, color=colour[n], label=series_label(tuning, n, series))
         for ax, title in zip(axes[d], ("edit score (harmonic mean of efficacy, generalization, locality)",
                                        "fluency (n-gram entropy of generations, x100)")):
             ax.set_xticks(range(len(METHODS)), METHODS)

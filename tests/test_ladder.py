@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from host import machine  # noqa: E402
-from ladder import merge_rows, run_ladder, rung_overrides  # noqa: E402
+from ladder import merge_rows, run_ladder, rung_overrides, series_label  # noqa: E402
 
 
 def test_each_rung_adds_one_ingredient():
@@ -34,6 +34,14 @@ def test_new_rows_replace_rows_of_the_same_setting():
            {"dataset": "cf", "method": "unedited", "tuning": "-", "n_edits": 10, "edit_score": 0.5}]
     rows = merge_rows(old, new)
     assert [(r["method"], r["edit_score"]) for r in rows] == [("unedited", 0.5), ("FT", 3.0), ("FT+M", 2.0)]
+
+
+def test_a_plot_line_whose_scores_have_no_locality_term_says_so():
+    unedited = {"method": "unedited", "locality": None}  # the unedited row never decides it
+    two_term = [unedited, {"method": "FT", "locality": None}, {"method": "FT+M", "locality": None}]
+    three_term = [unedited, {"method": "FT", "locality": 40.0}, {"method": "FT+M", "locality": 55.0}]
+    assert series_label("lora", 100, two_term) == "lora, 100 edits (score without locality)"
+    assert series_label("full", 10, three_term) == "full, 10 edits"
 
 
 def test_a_ladder_stopped_midway_has_saved_the_rungs_that_finished(monkeypatch, tmp_path):
