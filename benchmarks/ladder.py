@@ -2,6 +2,7 @@
 
     python benchmarks/ladder.py --base configs/bench-counterfact-smollm2.yaml --sizes 10 100 \
         --tunings lora full [key=value ...]
+    python benchmarks/ladder.py --plan benchmarks/ladder-plan.yaml   # every row of the table
 
 Rungs (Gangadhar & Stratos, 2024), each a set of config overrides on the base config:
   unedited   the model before editing (the `before` column of the runs below)
@@ -21,6 +22,12 @@ Every run is a real `run_mass_edit` (Ray Train + DeepSpeed), with fluency on. Ro
 benchmarks/results/ladder.json (a row of the same dataset, method, tuning and size is replaced),
 the table in BENCHMARKS.md and benchmarks/results/ladder.png are rebuilt from that file, after
 every rung (a ladder stopped after hours keeps the rungs that finished).
+
+A plan (`--plan`) is a YAML list of such command lines (the arguments after `ladder.py`), run
+in order; `benchmarks/ladder-plan.yaml` is the one behind the published table. Every entry is
+parsed and its configs loaded before the first rung trains, so a typo in the last entry stops
+the plan at once, not after a day. The outer command line's `--runs-dir`, `--results`,
+`--benchmarks-md` and key=value overrides apply to every entry.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import argparse
 import datetime
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -202,13 +210,22 @@ def run_ladder(base: str, sizes: list[int], tunings: list[str], methods: list[st
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", required=True, help="the base run config (dataset, model, budget)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100], help="numbers of edits edited together")
-    parser.add_argument("--tunings", nargs="+", default=["lora"], choices=["lora", "full"])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS[1:]), choices=METHODS[1:])
-    parser.add_argument("--full", nargs="*", default=["train.lr=5e-5"], help="overrides of the full fine-tuning rows")
+class _EntryParser(argparse.ArgumentParser):
+    """A parser for plan entries: a bad entry raises (to be named with its file and entry), not exit."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
+def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser = parser_class(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", help="the base run config (dataset, model, budget)")
+    parser.add_argument("--plan", help="a YAML list of ladder command lines to run in order (instead of --base)")
+    # Defaults are filled in after parsing (`with_defaults`), so a plan can tell what was given.
+    parser.add_argument("--sizes", type=int, nargs="+", help="numbers of edits edited together (default 10 100)")
+    parser.add_argument("--tunings", nargs="+", choices=["lora", "full"], help="default: lora")
+    parser.add_argument("--methods", nargs="+", choices=METHODS[1:], help="default: every rung")
+    parser.add_argument("--full", nargs="*", help="overrides of the full fine-tuning rows (default train.lr=5e-5)")
     parser.add_argument("--runs-dir", default="runs/ladder", help="where each rung's run directory goes")
     parser.add_argument("--results", default=str(RESULTS), help="folder of ladder.json and ladder.png")
     parser.add_argument("--benchmarks-md", default=str(REPO / "BENCHMARKS.md"), help="the file whose ladder table is rebuilt")
@@ -218,18 +235,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LADDER_OPTIONS = ("sizes", "tunings", "methods", "full")
+DEFAULTS = {"sizes": [10, 100], "tunings": ["lora"], "methods": list(METHODS[1:]), "full": ["train.lr=5e-5"]}
+
+
+def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    for key in LADDER_OPTIONS:
+        if getattr(args, key) is None:
+            setattr(args, key, list(DEFAULTS[key]))
+    return args
+
+
 def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
-    return parse_args(build_parser(), argv, override_options=["--full"])
+    """The command line; with --base, the ladder's options get their defaults."""
+    args = parse_args(build_parser(), argv, override_options=["--full"])
+    if (args.base is None) == (args.plan is None):
+        build_parser().error("give either --base or --plan")
+    if args.plan is not None:
+        given = [f"--{k}" for k in LADDER_OPTIONS if getattr(args, k) is not None]
+        if given:
+            build_parser().error(f"{', '.join(given)} belong in the plan's entries, not beside --plan")
+        return args
+    return with_defaults(args)
+
+
+def read_plan(path: str | Path, overrides: list[str] = ()) -> list[argparse.Namespace]:
+    """A plan's entries as parsed ladder command lines (each with the outer `overrides` appended),
+    every config loaded once to check it; a ValueError names the file and the entry."""
+    import yaml
+
+    path = Path(path)
+    try:
+        entries = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the plan: {exc}") from None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: a plan is a non-empty YAML list of ladder command lines")
+    plan = []
+    for number, entry in enumerate(entries, start=1):
+        where = f"{path}: entry {number} ({entry!r})"
+        if not isinstance(entry, str) or not entry.strip():
+            raise ValueError(f"{where}: expected a ladder command line (a string)")
+        try:
+            args = parse_args(build_parser(_EntryParser), shlex.split(entry), override_options=["--full"])
+            if args.base is None or args.plan is not None:
+                raise ValueError("an entry needs --base and no --plan")
+            for option in ("runs_dir", "results", "benchmarks_md"):
+                if getattr(args, option) != build_parser().get_default(option):
+                    raise ValueError(f"--{option.replace('_', '-')} belongs on the command line, not in an entry")
+            args = with_defaults(args)
+            args.overrides = [*args.overrides, *overrides]
+            load_config(args.base, [*args.overrides, *(args.full if "full" in args.tunings else [])])
+        except Exception as exc:  # argparse, shlex, ConfigError: all name what is wrong
+            raise ValueError(f"{where}: {exc}") from None
+        plan.append(args)
+    return plan
 
 
 def main() -> None:
     args = parse_command_line()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        commands = read_plan(args.plan, args.overrides) if args.plan else [args]
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
     # A 300-edit ladder runs for hours: results, table and plot are rewritten after every rung.
     save = lambda rows: write_outputs(rows, Path(args.results), Path(args.benchmarks_md))  # noqa: E731
-    rows = run_ladder(args.base, args.sizes, args.tunings, args.methods, args.full, args.overrides,
-                      Path(args.runs_dir), on_rung=save)
-    print(render_table(save(rows)))
+    for command in commands:
+        rows = run_ladder(command.base, command.sizes, command.tunings, command.methods, command.full,
+                          command.overrides, Path(args.runs_dir), on_rung=save)
+        print(render_table(save(rows)))
 
 
 if __name__ == "__main__":

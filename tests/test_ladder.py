@@ -11,7 +11,8 @@ from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from host import machine  # noqa: E402
-from ladder import merge_rows, run_ladder, rung_overrides, series_label  # noqa: E402
+import ladder  # noqa: E402
+from ladder import merge_rows, read_plan, run_ladder, rung_overrides, series_label  # noqa: E402
 
 
 def test_each_rung_adds_one_ingredient():
@@ -106,7 +107,79 @@ def test_every_ladder_command_in_the_docs_parses_with_its_overrides():
                 if line.startswith("python benchmarks/ladder.py ")]
     assert len(commands) >= 4
     for command in commands:
-        tokens = shlex.split(command)[2:]
+        tokens = shlex.split(command, comments=True)[2:]
         args = parse_command_line(tokens)
+        if args.plan:  # its entries are ladder command lines too
+            assert read_plan(REPO / args.plan), command
+            continue
         assert args.overrides == [t for t in tokens if "=" in t and not t.startswith("-")], command
         assert set(args.methods) <= set(METHODS[1:]) and args.sizes, command
+
+
+def test_the_plan_gives_every_row_of_the_published_table_and_no_other(shared_data):
+    from ladder import METHODS
+
+    from ftedit.config import load_config
+    from ftedit.requests import load_requests
+
+    planned = set()
+    for args in read_plan(REPO / "benchmarks" / "ladder-plan.yaml"):
+        cfg = load_config(args.base, args.overrides)
+        dataset = load_requests(cfg.data.requests, limit=1).format  # the rows' dataset name
+        planned |= {(dataset, "unedited", "-", n) for n in args.sizes}
+        planned |= {(dataset, m, t, n) for n in args.sizes for t in args.tunings for m in args.methods}
+    published = json.loads((REPO / "benchmarks" / "results" / "ladder.json").read_text())
+    assert planned == {tuple(r[k] for k in ("dataset", "method", "tuning", "n_edits")) for r in published}
+    assert len(planned) == 3 * 3 * (1 + 2 * (len(METHODS) - 1))
+
+
+def plan_file(tmp_path, *entries):
+    path = tmp_path / "plan.yaml"
+    path.write_text("".join(f"- {json.dumps(e)}\n" for e in entries))
+    return path
+
+
+def test_a_plan_runs_its_entries_in_order_with_the_outer_overrides(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(ladder, "run_ladder", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr(ladder, "write_outputs", lambda rows, results, md: rows)
+    plan = plan_file(tmp_path, "--base configs/smoke.yaml --sizes 4 train.epochs=1",
+                     "--base configs/smoke.yaml --tunings lora full --methods FT --full train.lr=1e-5")
+    monkeypatch.setattr(sys, "argv", ["ladder.py", "--plan", str(plan), "seed=3",
+                                      "--runs-dir", str(tmp_path / "runs")])
+    ladder.main()
+    assert [c[:6] for c in calls] == [
+        ("configs/smoke.yaml", [4], ["lora"], list(ladder.METHODS[1:]), ["train.lr=5e-5"], ["train.epochs=1", "seed=3"]),
+        ("configs/smoke.yaml", [10, 100], ["lora", "full"], ["FT"], ["train.lr=1e-5"], ["seed=3"]),
+    ]
+    assert all(c[6] == tmp_path / "runs" for c in calls)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("--base configs/smoke.yaml train.lrr=1", "lrr"),
+    ("--base configs/smoke.yaml --epochs 3", "unrecognized arguments: --epochs"),
+    ("--sizes 10", "needs --base"),
+    ("--base configs/smoke.yaml --results elsewhere", "--results belongs on the command line"),
+    ("--base configs/no-such.yaml", "no such file"),
+    ("--base 'configs/smoke.yaml", "quotation"),
+])
+def test_a_bad_plan_entry_is_named_before_any_rung_runs(monkeypatch, tmp_path, entry, message):
+    calls = []
+    monkeypatch.setattr(ladder, "run_ladder", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr(ladder, "write_outputs", lambda rows, results, md: rows)
+    plan = plan_file(tmp_path, "--base configs/smoke.yaml --sizes 4", entry)
+    monkeypatch.setattr(sys, "argv", ["ladder.py", "--plan", str(plan)])
+    with pytest.raises(SystemExit) as exit:
+        ladder.main()
+    assert f"{plan}: entry 2 " in str(exit.value) and message in str(exit.value)
+    assert calls == []  # the good first entry did not start
+
+
+def test_a_plan_is_a_list_of_command_lines_and_stands_alone(tmp_path):
+    for text in ("", "base: configs/smoke.yaml\n", "- [--base, configs/smoke.yaml]\n"):
+        (tmp_path / "plan.yaml").write_text(text)
+        with pytest.raises(ValueError, match="plan.yaml"):
+            read_plan(tmp_path / "plan.yaml")
+    for argv in (["--plan", "p.yaml", "--sizes", "10"], ["--plan", "p.yaml", "--base", "b.yaml"], []):
+        with pytest.raises(SystemExit):
+            ladder.parse_command_line(argv)
