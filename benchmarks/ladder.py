@@ -120,10 +120,10 @@ def render_table(rows: list[dict]) -> str:
 def series_label(tuning: str, n_edits: int, series: list[dict]) -> str:
     """A plot line's legend entry; it says so where the edit score has no locality term (MQuAKE
     rows measured before its neighbourhood prompts were, 2026-12-06), so two-term and three-term
-    scores are not read as one scale."""
-    edited = [r for r in series if r["method"] != "unedited"]
-    without = edited and all(r["locality"] is None for r in edited)
-    return f"{tuning}, {n_edits} edits" + (" (score without locality)" if without else "")
+    scores are not read as one scale (a line with both says so too)."""
+    without = [r["locality"] is None for r in series if r["method"] != "unedited"]
+    note = " (score without locality)" if all(without) else " (some scores without locality)" if any(without) else ""
+    return f"{tuning}, {n_edits} edits{note}"
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -43,6 +43,8 @@ def test_a_plot_line_whose_scores_have_no_locality_term_says_so():
     three_term = [unedited, {"method": "FT", "locality": 40.0}, {"method": "FT+M", "locality": 55.0}]
     assert series_label("lora", 100, two_term) == "lora, 100 edits (score without locality)"
     assert series_label("full", 10, three_term) == "full, 10 edits"
+    mixed = [*three_term, {"method": "FT+M+P", "locality": None}]
+    assert series_label("full", 10, mixed) == "full, 10 edits (some scores without locality)"
 
 
 def test_a_ladder_stopped_midway_has_saved_the_rungs_that_finished(monkeypatch, tmp_path):
