@@ -221,11 +221,12 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     parser = parser_class(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", help="the base run config (dataset, model, budget)")
     parser.add_argument("--plan", help="a YAML list of ladder command lines to run in order (instead of --base)")
-    # Defaults are filled in after parsing (`with_defaults`), so a plan can tell what was given.
-    parser.add_argument("--sizes", type=int, nargs="+", help="numbers of edits edited together (default 10 100)")
-    parser.add_argument("--tunings", nargs="+", choices=["lora", "full"], help="default: lora")
+    # Defaults (DEFAULTS) are filled in after parsing (`with_defaults`), so a plan can tell what was given.
+    default = lambda key: f"default: {' '.join(map(str, DEFAULTS[key]))}"  # noqa: E731
+    parser.add_argument("--sizes", type=int, nargs="+", help=f"numbers of edits edited together ({default('sizes')})")
+    parser.add_argument("--tunings", nargs="+", choices=["lora", "full"], help=default("tunings"))
     parser.add_argument("--methods", nargs="+", choices=METHODS[1:], help="default: every rung")
-    parser.add_argument("--full", nargs="*", help="overrides of the full fine-tuning rows (default train.lr=5e-5)")
+    parser.add_argument("--full", nargs="*", help=f"overrides of the full fine-tuning rows ({default('full')})")
     parser.add_argument("--runs-dir", default="runs/ladder", help="where each rung's run directory goes")
     parser.add_argument("--results", default=str(RESULTS), help="folder of ladder.json and ladder.png")
     parser.add_argument("--benchmarks-md", default=str(REPO / "BENCHMARKS.md"), help="the file whose ladder table is rebuilt")
@@ -271,7 +272,7 @@ def read_plan(path: str | Path, overrides: list[str] = ()) -> list[argparse.Name
         raise ValueError(f"{path}: cannot read the plan: {exc}") from None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: a plan is a non-empty YAML list of ladder command lines")
-    plan = []
+    plan, outer_defaults = [], build_parser()
     for number, entry in enumerate(entries, start=1):
         where = f"{path}: entry {number} ({entry!r})"
         if not isinstance(entry, str) or not entry.strip():
@@ -281,7 +282,7 @@ def read_plan(path: str | Path, overrides: list[str] = ()) -> list[argparse.Name
             if args.base is None or args.plan is not None:
                 raise ValueError("an entry needs --base and no --plan")
             for option in ("runs_dir", "results", "benchmarks_md"):
-                if getattr(args, option) != build_parser().get_default(option):
+                if getattr(args, option) != outer_defaults.get_default(option):
                     raise ValueError(f"--{option.replace('_', '-')} belongs on the command line, not in an entry")
             args = with_defaults(args)
             args.overrides = [*args.overrides, *overrides]
