@@ -57,8 +57,8 @@ def _parse_files(batch: dict, format: str, zsre_target: str, mquake_neighbours: 
     for file_no, file, start, stop in zip(batch["file_no"], batch["file"], batch["start"], batch["stop"]):
         path = Path(str(file))
         try:
-            fmt, _, records, neighbours = open_records(path, format, None if stop < 0 else int(stop - start),
-                                                       zsre_target, int(start), mquake_neighbours)
+            fmt, _, records, neighbours, _ = open_records(path, format, None if stop < 0 else int(stop - start),
+                                                          zsre_target, int(start), mquake_neighbours)
         except RequestError as exc:  # the whole file is unusable: a row the driver raises, skip or not
             records, fmt, neighbours, fatal = [(0, exc)], format, None, exc
         else:

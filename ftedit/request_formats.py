@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ftedit.edit_request import EditRequest, RequestError
 from ftedit.mquake_neighbours import NeighbourIndex
@@ -178,11 +178,24 @@ _PARSERS = {"counterfact": _parse_counterfact, "zsre": _parse_zsre,
             "mquake": _parse_mquake, "jsonl": _parse_jsonl}
 
 
-def read_records(path: Path, limit: int | None, offset: int = 0) -> list[tuple[int, Any]]:
-    """Raw records `offset` .. `offset + limit` of a .json list or a .jsonl file, with their
-    indices in the file."""
-    if limit is not None:
-        limit += offset
+def _window(records: list, offset: int, limit: int | None) -> list:
+    """Items `offset` .. `offset + limit` of a list (all from `offset` when limit is None)."""
+    return records[offset:] if limit is None else records[offset:offset + limit]
+
+
+class FileSlice(NamedTuple):
+    """Raw records `offset` .. `offset + limit` of one file, with their indices in the file."""
+
+    records: list[tuple[int, Any]]
+    skipped: int
+    """How many of the file's records lie before the slice: the offset, or the whole file when it
+    holds no more than `offset` records (a reader of several files carries the rest over)."""
+    whole: list[tuple[int, Any]] | None
+    """Every record of a .json list (parsed whole anyway); None for .jsonl, read line by line."""
+
+
+def read_records(path: Path, limit: int | None, offset: int = 0) -> FileSlice:
+    """Read records `offset` .. `offset + limit` of a .json list or a .jsonl file."""
     def file_error(message: str) -> RequestError:
         return RequestError(path, "-", None, "(file)", message)
     try:
@@ -192,12 +205,13 @@ def read_records(path: Path, limit: int | None, offset: int = 0) -> list[tuple[i
     except (OSError, UnicodeDecodeError) as exc:
         raise file_error(f"cannot read: {exc}") from None
     if path.suffix.lower() == ".jsonl":
+        stop = None if limit is None else offset + limit
         records, index = [], 0
         # split("\n"), not splitlines(): JSON strings may hold raw U+2028 and similar.
         for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
-            if limit is not None and index >= limit:
+            if stop is not None and index >= stop:
                 break
             if index >= offset:  # records before the offset are skipped unparsed
                 try:
@@ -205,19 +219,20 @@ def read_records(path: Path, limit: int | None, offset: int = 0) -> list[tuple[i
                 except json.JSONDecodeError as exc:
                     raise file_error(f"line {lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
             index += 1
-        return records
+        return FileSlice(records, min(offset, index), None)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise file_error(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if not isinstance(data, list):
         raise file_error(f"top level is {json_kind(data)}, expected a list of records")
-    return list(enumerate(data if limit is None else data[:limit]))[offset:]
+    whole = list(enumerate(data))
+    return FileSlice(_window(whole, offset, limit), min(offset, len(whole)), whole)
 
 
 def record_count(path: Path) -> int:
     """How many records a .json or .jsonl file holds (reads and parses it whole)."""
-    return len(read_records(path, None))
+    return len(read_records(path, None).records)
 
 
 _KEY_FORMATS = (({"src", "alt"}, "zsre"), ({"prompt", "target_new", "ground_truth"}, "counterfact"),
@@ -252,27 +267,33 @@ def check_arguments(format: str, limit: int | None, zsre_target: str, offset: in
         raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
 
 
+class OpenedFile(NamedTuple):
+    """What `open_records` gives: the resolved format, the file name, the raw records of the slice
+    with their indices, the MQuAKE neighbourhood index, and how many records preceded the slice."""
+
+    format: str
+    file: str
+    records: list[tuple[int, Any]]
+    neighbours: NeighbourIndex | None
+    skipped: int
+
+
 def open_records(path, format: str, limit: int | None, zsre_target: str, offset: int = 0,
-                 mquake_neighbours: int = 0) -> tuple[str, str, list, NeighbourIndex | None]:
-    """Check the arguments, read the raw records `offset` .. `offset + limit`, resolve the format:
-    (format, file, records, neighbours). `neighbours` is the neighbourhood index of an MQuAKE file
-    (built from all its records, whatever slice a run edits), None for other formats, for
-    `mquake_neighbours` 0 or for an empty slice. A .json list is parsed whole whatever the slice,
-    so its slice and its index come from one parse."""
+                 mquake_neighbours: int = 0) -> OpenedFile:
+    """Check the arguments, read the raw records `offset` .. `offset + limit`, resolve the format.
+    `neighbours` is the neighbourhood index of an MQuAKE file (built from all its records, whatever
+    slice a run edits), None for other formats, for `mquake_neighbours` 0 or for an empty slice. A
+    .json list is parsed once for its slice and its index."""
     check_arguments(format, limit, zsre_target, offset)
     path = Path(path)
-    whole = None if path.suffix.lower() == ".jsonl" else read_records(path, None)
-    if whole is None:  # .jsonl: records before the offset stay unparsed
-        records = read_records(path, limit, offset)
-    else:
-        records = whole[offset:] if limit is None else whole[offset:offset + limit]
+    part = read_records(path, limit, offset)
     if format == "auto":
-        format = detect_format(path, records[0][1]) if records else "jsonl"
+        format = detect_format(path, part.records[0][1]) if part.records else "jsonl"
     neighbours = None
-    if format == "mquake" and mquake_neighbours > 0 and records:
-        everything = whole if whole is not None else read_records(path, None)
+    if format == "mquake" and mquake_neighbours > 0 and part.records:
+        everything = part.whole if part.whole is not None else read_records(path, None).records
         neighbours = NeighbourIndex((record for _, record in everything), mquake_neighbours)
-    return format, str(path), records, neighbours
+    return OpenedFile(format, str(path), part.records, neighbours, part.skipped)
 
 
 def parse_record(format: str, file: str, index: int, record: Any, zsre_target: str,

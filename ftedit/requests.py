@@ -24,7 +24,6 @@ from ftedit.request_formats import (
     open_records,
     parse_fact_record,
     parse_record,
-    record_count,
 )
 
 __all__ = [
@@ -150,8 +149,9 @@ def load_requests(path, format="auto", limit=None, zsre_target="alt", skip_inval
     for file_path in request_paths(path):
         if limit is not None and limit <= 0:
             break
-        fmt, file, records, neighbours = open_records(file_path, format, limit, zsre_target, offset, mquake_neighbours)
-        offset = max(0, offset - record_count(file_path)) if not records else 0
+        fmt, file, records, neighbours, skipped = open_records(file_path, format, limit, zsre_target, offset,
+                                                               mquake_neighbours)
+        offset -= skipped  # what is left of the offset for the next file
         if limit is not None:
             limit -= len(records)
         if records:
@@ -190,7 +190,7 @@ def load_fact_pool(path, format="auto", limit=None) -> list[Fact]:
     """
     # zsre_target="answers" makes target_new = answers[0] and leaves `alt` unchecked,
     # so a zsRE record with an unusable alt still yields its true fact.
-    fmt, file, records, _ = open_records(path, format, limit, zsre_target="answers")
+    fmt, file, records, _, _ = open_records(path, format, limit, zsre_target="answers")
     facts, seen = [], set()
     for index, record in records:
         if fmt == "jsonl" and isinstance(record, dict) and "target_new" not in record:
