@@ -117,13 +117,15 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def series_label(tuning: str, n_edits: int, series: list[dict]) -> str:
-    """A plot line's legend entry; it says so where the edit score has no locality term (MQuAKE
-    rows measured before its neighbourhood prompts were, 2026-12-06), so two-term and three-term
-    scores are not read as one scale (a line with both says so too)."""
-    without = [r["locality"] is None for r in series if r["method"] != "unedited"]
-    note = " (score without locality)" if all(without) else " (some scores without locality)" if any(without) else ""
-    return f"{tuning}, {n_edits} edits{note}"
+def score_lines(tuning: str, n_edits: int, series: list[dict]) -> list[tuple[str, list[dict], bool]]:
+    """A plot line's edit scores as (legend entry, rows, two-term) segments. Scores without a
+    locality term (MQuAKE rows measured before its neighbourhood prompts were, 2026-12-06) form a
+    segment of their own, drawn hollow, so no line joins a two-term score to a three-term one."""
+    two_term = [r for r in series if r["locality"] is None]
+    three_term = [r for r in series if r["locality"] is not None]
+    label = f"{tuning}, {n_edits} edits"
+    return [(label, rows, hollow) for label, rows, hollow in (
+        (label, three_term, False), (f"{label}: score without locality (hollow)", two_term, True)) if rows]
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -149,11 +151,15 @@ def plot(rows: list[dict], path: Path) -> None:
                 series = [r for r in series if r is not None]
                 if not any(r["method"] != "unedited" for r in series):
                     continue  # no rung of this tuning at this size yet: no lone unedited point
-                x = [METHODS.index(r["method"]) for r in series]
-                for ax, metric in zip(axes[d], ("edit_score", "fluency")):
-                    y = [r[metric] if r[metric] is not None else float("nan") for r in series]
-                    line, marker = style.get(tuning, (":", "^"))
-                    ax.plot(x, y, line, marker=marker, color=colour[n], label=series_label(tuning, n, series))
+                line, marker = style.get(tuning, (":", "^"))
+                score_ax, fluency_ax = axes[d]
+                for label, part, hollow in score_lines(tuning, n, series):
+                    score_ax.plot([METHODS.index(r["method"]) for r in part], [r["edit_score"] for r in part],
+                                  line, marker=marker, color=colour[n], label=label,
+                                  markerfacecolor="white" if hollow else colour[n], alpha=0.55 if hollow else 1.0)
+                fluency_ax.plot([METHODS.index(r["method"]) for r in series],
+                                [r["fluency"] if r["fluency"] is not None else float("nan") for r in series],
+                                line, marker=marker, color=colour[n], label=f"{tuning}, {n} edits")
         for ax, title in zip(axes[d], ("edit score (harmonic mean of efficacy, generalization, locality)",
                                        "fluency (n-gram entropy of generations, x100)")):
             ax.set_xticks(range(len(METHODS)), METHODS)

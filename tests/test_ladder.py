@@ -12,7 +12,7 @@ from tests.conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 from host import machine  # noqa: E402
 import ladder  # noqa: E402
-from ladder import merge_rows, read_plan, run_ladder, rung_overrides, series_label  # noqa: E402
+from ladder import merge_rows, read_plan, run_ladder, rung_overrides, score_lines  # noqa: E402
 
 
 def test_each_rung_adds_one_ingredient():
@@ -37,14 +37,16 @@ def test_new_rows_replace_rows_of_the_same_setting():
     assert [(r["method"], r["edit_score"]) for r in rows] == [("unedited", 0.5), ("FT", 3.0), ("FT+M", 2.0)]
 
 
-def test_a_plot_line_whose_scores_have_no_locality_term_says_so():
-    unedited = {"method": "unedited", "locality": None}  # the unedited row never decides it
-    two_term = [unedited, {"method": "FT", "locality": None}, {"method": "FT+M", "locality": None}]
-    three_term = [unedited, {"method": "FT", "locality": 40.0}, {"method": "FT+M", "locality": 55.0}]
-    assert series_label("lora", 100, two_term) == "lora, 100 edits (score without locality)"
-    assert series_label("full", 10, three_term) == "full, 10 edits"
-    mixed = [*three_term, {"method": "FT+M+P", "locality": None}]
-    assert series_label("full", 10, mixed) == "full, 10 edits (some scores without locality)"
+def test_two_term_scores_are_a_hollow_segment_never_joined_to_three_term_ones():
+    unedited = {"method": "unedited", "locality": 80.0}
+    three_term = [unedited, {"method": "FT", "locality": 60.0}]
+    assert score_lines("full", 10, three_term) == [("full, 10 edits", three_term, False)]
+    old = [{"method": "unedited", "locality": None}, {"method": "FT", "locality": None}]
+    assert score_lines("lora", 100, old) == [("lora, 100 edits: score without locality (hollow)", old, True)]
+    # Rungs re-measured with locality keep their line; the rest stand apart, hollow.
+    later = [{"method": "FT+M+P+R", "locality": None}, {"method": "FT+M+P+S", "locality": None}]
+    assert score_lines("lora", 300, [*three_term, *later]) == [
+        ("lora, 300 edits", three_term, False), ("lora, 300 edits: score without locality (hollow)", later, True)]
 
 
 def test_a_ladder_stopped_midway_has_saved_the_rungs_that_finished(monkeypatch, tmp_path):
