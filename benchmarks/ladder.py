@@ -124,8 +124,8 @@ def score_lines(tuning: str, n_edits: int, series: list[dict]) -> list[tuple[str
     two_term = [r for r in series if r["locality"] is None]
     three_term = [r for r in series if r["locality"] is not None]
     label = f"{tuning}, {n_edits} edits"
-    return [(label, rows, hollow) for label, rows, hollow in (
-        (label, three_term, False), (f"{label}: score without locality (hollow)", two_term, True)) if rows]
+    segments = [(label, three_term, False), (f"{label}: score without locality (hollow)", two_term, True)]
+    return [segment for segment in segments if segment[1]]
 
 
 def plot(rows: list[dict], path: Path) -> None:
