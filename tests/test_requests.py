@@ -350,7 +350,6 @@ def test_offset_skips_records_and_keeps_their_file_indices(tmp_path):
             load_requests(write_json(tmp_path, bad), offset=1)
 
 
-
 def test_an_offset_past_whole_files_carries_over_and_reads_each_file_once(tmp_path, monkeypatch):
     records = [generic(case_id=f"c{i}", prompt=f"Prompt {i} about X", subject="X") for i in range(7)]
     (tmp_path / "parts").mkdir()
@@ -360,14 +359,15 @@ def test_an_offset_past_whole_files_carries_over_and_reads_each_file_once(tmp_pa
     reads, read_text = [], Path.read_text
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or read_text(self, *a, **k))
     pattern = str(tmp_path / "parts" / "*")
-    for offset, expected in ((0, 7), (2, 5), (3, 4), (5, 2), (6, 1), (7, 0), (9, 0)):
+    for offset in (0, 2, 3, 5, 6, 7, 9):
         reads.clear()
         got = [r.case_id for r in load_requests(pattern, offset=offset).requests]
-        assert got == [f"c{i}" for i in range(offset, 7)][:expected], offset
+        assert got == [f"c{i}" for i in range(offset, 7)], offset
         assert reads == ["a.json", "b.jsonl", "c.json"], offset
     reads.clear()
     assert [r.case_id for r in load_requests(pattern, offset=3, limit=3).requests] == ["c3", "c4", "c5"]
     assert reads == ["a.json", "b.jsonl", "c.json"]
+
 
 # ---------------------------------------------------------------- record-level errors
 
