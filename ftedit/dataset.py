@@ -77,7 +77,9 @@ def _model_actors(cfg: RunConfig) -> dict:
     """Stages that run the unedited model use the scoring actors' pool: `eval.actors` replicas
     with `eval.gpus_per_actor` GPUs each (on a GPU cluster, generation for 10,000 edits of a
     large model belongs on GPUs, not on a CPU actor)."""
-    return {"concurrency": cfg.eval.actors, "num_gpus": cfg.eval.gpus_per_actor or None}
+    from ray.data import ActorPoolStrategy
+
+    return {"compute": ActorPoolStrategy(size=cfg.eval.actors), "num_gpus": cfg.eval.gpus_per_actor or None}
 
 
 def build_training_dataset(
@@ -94,6 +96,8 @@ def build_training_dataset(
     `requests` is the run's request Dataset (`request_dataset.RequestSource.dataset`); the pool
     is already filtered, and `embedder_path` is needed when augment.n_similar > 0.
     """
+    from ray.data import ActorPoolStrategy
+
     ds = requests
     if cfg.augment.n_similar and pool:
         from ftedit.similarity import SimilarFacts
@@ -105,7 +109,7 @@ def build_training_dataset(
             fn_constructor_args=(embedder_path, [f.prompt for f in pool], cfg.augment.n_similar),
             fn_constructor_kwargs={"all_cores": True},
             batch_size=1024,
-            concurrency=1,
+            compute=ActorPoolStrategy(size=1),
         )
     if cfg.augment.continuation_tokens:
         from ftedit.continuation import Continuations
@@ -139,7 +143,7 @@ def build_training_dataset(
         TokenizeBatch,
         fn_constructor_args=(model_path, cfg.loss.mode == "conditional"),
         batch_size=1024,
-        concurrency=1,
+        compute=ActorPoolStrategy(size=1),
     )
     return ds.random_shuffle(seed=cfg.seed).materialize()
 
