@@ -7,7 +7,9 @@ full fine-tuning of chosen layers need.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,6 +18,16 @@ from ftedit.config import LoraConfig, TrainConfig
 
 TRAINED_WEIGHTS = "trained_weights.safetensors"  # full fine-tuning: the trained tensors only
 TUNING_FILE = "tuning.json"
+
+
+@contextlib.contextmanager
+def _without_peft_deprecation_noise():
+    """peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model:
+    a FutureWarning on every LoRA run and every load that the user cannot act on. Silence that one
+    message, nothing else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def load_causal_lm(path: str | Path, dtype: str = "float32", attention: str | None = None):
@@ -96,7 +108,8 @@ def prepare_trainable(model, train: TrainConfig, lora: LoraConfig, seed: int):
             layers_pattern=layers_name.split(".")[-1] if train.layers is not None else None,
             task_type="CAUSAL_LM",
         )
-        return get_peft_model(model, peft_config)
+        with _without_peft_deprecation_noise():
+            return get_peft_model(model, peft_config)
     model.requires_grad_(False)
     for index in chosen:
         layers[index].requires_grad_(True)
@@ -174,7 +187,8 @@ def load_edited(base_path: str | Path, trained_dir: Path, dtype: str = "float32"
     if tuning == "lora":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, trained_dir).merge_and_unload()
+        with _without_peft_deprecation_noise():
+            model = PeftModel.from_pretrained(model, trained_dir).merge_and_unload()
     else:
         from safetensors.torch import load_file
 

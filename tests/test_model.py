@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -28,6 +30,17 @@ def test_lora_on_chosen_layers_only(tiny_model):
     model = prepare_trainable(model, TrainConfig(tuning="lora", layers=[1]), LoraConfig(rank=4), seed=0)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and ".layers.1." in n for n in trainable)
+
+
+def test_lora_setup_and_reload_warn_of_nothing_the_user_cannot_act_on(tiny_model, tmp_path):
+    # peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model.
+    model, _ = load_causal_lm(tiny_model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = prepare_trainable(model, TrainConfig(tuning="lora"), LoraConfig(rank=4), seed=0)
+        save_trained(model, tmp_path, "lora")
+        load_edited(tiny_model, tmp_path)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
 
 
 def test_full_tuning_of_chosen_layers(tiny_model):
