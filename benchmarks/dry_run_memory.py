@@ -52,13 +52,13 @@ def synthetic_requests(n: int, directory: Path) -> str:
 
 def child(config: str, requests: str, overrides: list[str]) -> None:
     """One dry run in this process; prints its plan and this process's peak RSS as JSON."""
-    import logging
     import resource
 
     from ftedit.config import load_config
+    from ftedit.logs import show_progress
     from ftedit.pipeline import plan_run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    show_progress()
     cfg = load_config(config, [f"data.requests={requests}", "data.limit=null", *overrides])
     plan = plan_run(cfg)
     plan["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

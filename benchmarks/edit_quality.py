@@ -12,7 +12,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.host import machine  # noqa: E402
 from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config, to_dict  # noqa: E402
+from ftedit.logs import show_progress  # noqa: E402
 from ftedit.metrics import COMMON_KEYS, SUMMARY_KEYS  # noqa: E402
 from ftedit.pipeline import run_mass_edit  # noqa: E402
 
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--label", help="with --from-run: what the run was (config and overrides), for the table")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    show_progress()
     if args.from_run:
         run = Path(args.from_run)
         cfg = load_config(run / "config.yaml")

@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.markdown_table import marker_lines, replace_between  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
+from ftedit.logs import show_progress  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides the runs were given, e.g. data.offset=100 (before --runs)")
     parser.add_argument("--benchmarks-md", default=str(REPO / "BENCHMARKS.md"))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    show_progress()
     labels = args.labels or [Path(r).name for r in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"{len(labels)} labels for {len(args.runs)} runs")

@@ -47,6 +47,7 @@ from benchmarks.cli import parse_args  # noqa: E402
 from benchmarks.host import machine  # noqa: E402
 from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
+from ftedit.logs import show_progress  # noqa: E402
 from ftedit.metrics import SUMMARY_KEYS  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -301,7 +302,7 @@ def read_plan(path: str | Path, overrides: list[str] = ()) -> list[argparse.Name
 
 def main() -> None:
     args = parse_command_line()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    show_progress()
     try:
         commands = read_plan(args.plan, args.overrides) if args.plan else [args]
     except ValueError as exc:

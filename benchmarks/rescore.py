@@ -29,6 +29,7 @@ from benchmarks.cli import parse_args  # noqa: E402
 from benchmarks.host import machine  # noqa: E402
 from benchmarks.markdown_table import publish, table_markers  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
+from ftedit.logs import show_progress  # noqa: E402
 from ftedit.metrics import SUMMARY_KEYS  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--benchmarks-md", default=str(REPO / "BENCHMARKS.md"))
     args = parse_args(parser, argv, override_options=["--labels"])  # a label may hold "=" ("w = 0.2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    show_progress()
     labels = args.labels or [Path(r).name for r in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"{len(labels)} labels for {len(args.runs)} runs")

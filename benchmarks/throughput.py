@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.markdown_table import publish, table_markers  # noqa: E402
 from benchmarks.host import machine  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
+from ftedit.logs import show_progress  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 log = logging.getLogger("throughput")
@@ -397,7 +398,7 @@ def main() -> None:
         markers = table_markers(args.output)
     except ValueError as error:
         parser.error(str(error))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    show_progress()
 
     from ftedit.model import load_causal_lm, to_assigned_gpu
     from ftedit.pipeline import load_inputs, prepare_augmentation, training_dataset

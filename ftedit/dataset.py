@@ -107,7 +107,7 @@ def build_training_dataset(
         ds = ds.map_batches(
             SimilarFacts,
             fn_constructor_args=(embedder_path, [f.prompt for f in pool], cfg.augment.n_similar),
-            fn_constructor_kwargs={"all_cores": True},
+            fn_constructor_kwargs={"ray_stage": True},
             batch_size=1024,
             compute=ActorPoolStrategy(size=1),
         )

@@ -43,8 +43,10 @@ class EvaluateRequests:
         import torch
 
         from ftedit.config import RunConfig, from_dict
+        from ftedit.logs import show_progress
         from ftedit.model import load_causal_lm, load_edited, to_assigned_gpu
 
+        show_progress()  # the scored-batch and fluency lines below reach the driver's console
         cfg = from_dict(RunConfig, run)
         if not cfg.eval.gpus_per_actor:
             # Ray sets OMP_NUM_THREADS to the actor's CPUs (often 1); use this node's cores.
@@ -57,6 +59,7 @@ class EvaluateRequests:
         self.settings, self.kind = cfg.eval, kind
 
     def __call__(self, batch: dict) -> dict:
+        started = time.perf_counter()
         requests = [EditRequest.from_dict(json.loads(text)) for text in batch["request"]]
         reference = None
         if "reference" in batch:
@@ -67,6 +70,8 @@ class EvaluateRequests:
         result = evaluate(self.model, self.tokenizer, requests, self.kind, self.settings, reference=reference)
         locality = [_encode_scores({p: result.scores[p] for p in locality_probes(r)}) for r in requests]
         kept = {k: v for k, v in batch.items() if k not in ("reference", "scores", "locality")}
+        log.info("%s model: scored %d requests in %.0f s", "edited" if reference is not None else "unedited", len(requests),
+                 time.perf_counter() - started)
         return {
             **kept,
             "scores": np.array([json.dumps(record) for record in result.records], dtype=object),

@@ -52,16 +52,20 @@ class SimilarFacts:
     """Ray Data stage: adds `similar` to request rows, the JSON list of the `k` pool facts
     nearest to each request's prompt (best first). The pool is embedded once per actor.
 
-    `all_cores`: run torch on all of this node's cores. Ray sets OMP_NUM_THREADS to the actor's
-    one CPU, and a lone actor embedding a big pool would leave the node's other cores idle while
-    every later stage waits for it. Off by default: called outside Ray, the caller's torch
-    threads are left alone.
+    `ray_stage`: set up this Ray worker process. Ray sets OMP_NUM_THREADS to the actor's one
+    CPU, and a lone actor embedding a big pool would leave the node's other cores idle while
+    every later stage waits for it, so torch runs on all of this node's cores; and Ray workers
+    log nothing at INFO unless told to, so the progress line below is switched on. Off by
+    default: called outside Ray, the caller's threads and logging are left alone.
     """
 
-    def __init__(self, embedder_path: str, pool_prompts: list[str], k: int, all_cores: bool = False):
+    def __init__(self, embedder_path: str, pool_prompts: list[str], k: int, ray_stage: bool = False):
         from transformers import AutoModel, AutoTokenizer
 
-        if all_cores:
+        if ray_stage:
+            from ftedit.logs import show_progress
+
+            show_progress()
             torch.set_num_threads(os.cpu_count() or 1)
         self.tokenizer = AutoTokenizer.from_pretrained(embedder_path)
         self.model = AutoModel.from_pretrained(embedder_path).eval()

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ftedit.config import RunConfig, TrainConfig, from_dict, to_dict
+from ftedit.logs import show_progress
 from ftedit.metrics import SUMMARY_KEYS
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ftedit.loss import lm_loss
     from ftedit.tokenize import pack_batch
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    show_progress()
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from ftedit.config import ConfigError, DataConfig, RunConfig, _require, apply_override, dump_config, from_dict
+from ftedit.logs import show_progress
 from ftedit.metrics import SUMMARY_KEYS
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ def _run_trial(values: dict, base: dict, sweep: SweepConfig, trials_dir: str, cw
 
     from ftedit.pipeline import run_mass_edit
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    show_progress()
     os.chdir(cwd)  # Tune starts trials in their own folder; config paths are relative to the job's
     trial_id = tune.get_context().get_trial_id()
     cfg = validation_config(base, values, sweep, Path(trials_dir) / trial_id)

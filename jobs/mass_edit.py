@@ -9,13 +9,13 @@ Exit 0 on success; on bad input (config, requests file) exit 2 with the error on
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ftedit.config import ConfigError, load_config  # noqa: E402
+from ftedit.logs import show_progress  # noqa: E402
 from ftedit.pipeline import InputError, plan_run, run_mass_edit  # noqa: E402
 from ftedit.requests import RequestError  # noqa: E402
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate, augment and tokenize, print the counts as JSON; no training, nothing written")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    show_progress()
     try:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:

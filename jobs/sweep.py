@@ -12,13 +12,13 @@ interrupted (Ctrl-C, a stopped job) before every trial ended: run the same comma
 """
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ftedit.config import ConfigError  # noqa: E402
+from ftedit.logs import show_progress  # noqa: E402
 from ftedit.pipeline import InputError  # noqa: E402
 from ftedit.requests import RequestError  # noqa: E402
 from ftedit.tune import SweepInterrupted, load_sweep, run_sweep  # noqa: E402
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="a run config with a sweep section")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. sweep.num_samples=4")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    show_progress()
     try:
         base, cfg, sweep = load_sweep(args.config, args.overrides)
         result = run_sweep(base, cfg, sweep)

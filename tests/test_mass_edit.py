@@ -2,6 +2,7 @@
 DeepSpeed ZeRO-2 + LoRA), plus the failure paths of the job."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -44,6 +45,9 @@ def test_outputs_are_complete(smoke_run):
     assert "| Efficacy |" in (out / "report.md").read_text()
     assert "edit score" in proc.stdout  # the one-line result for the user
     assert "loss" in proc.stderr and "tokens/s" in proc.stderr  # progress while training
+    # ... and while the scoring actors evaluate (Ray workers log nothing at INFO unless told to)
+    assert "unedited model: scored 6 requests" in proc.stderr, proc.stderr[-4000:]
+    assert re.search(r"(?<!un)edited model: scored 6 requests", proc.stderr), proc.stderr[-4000:]
 
 
 def test_efficacy_goes_from_chance_to_all_edits(smoke_run):

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import pytest
 
 from ftedit.mquake_neighbours import NeighbourIndex
 from ftedit.requests import load_requests

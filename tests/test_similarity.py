@@ -56,7 +56,7 @@ def test_bundled_minilm_finds_facts_about_the_same_relation(tmp_path):
     assert best == [1]
 
 
-def test_all_cores_embeds_on_every_core_to_the_same_vectors_as_one_thread(tiny_embedder):
+def test_ray_stage_embeds_on_every_core_to_the_same_vectors_as_one_thread(tiny_embedder):
     """Inside a Ray actor OMP_NUM_THREADS is the actor's 1 CPU; the pipeline's stage asks for all
     of the node's cores, which must not change a bit of the pool's embedding."""
     before = torch.get_num_threads()
@@ -64,7 +64,7 @@ def test_all_cores_embeds_on_every_core_to_the_same_vectors_as_one_thread(tiny_e
         torch.set_num_threads(1)
         one = SimilarFacts(str(tiny_embedder), POOL * 50, 3)
         assert torch.get_num_threads() == 1  # left alone by default
-        every = SimilarFacts(str(tiny_embedder), POOL * 50, 3, all_cores=True)
+        every = SimilarFacts(str(tiny_embedder), POOL * 50, 3, ray_stage=True)
         assert torch.get_num_threads() == (os.cpu_count() or 1)
         assert torch.equal(one.pool, every.pool)
     finally:
