@@ -285,7 +285,8 @@ class EvalConfig:
     gpus_per_actor: float = 0.0
     """GPUs per scoring actor (1 on GPU clusters; 0 scores on CPU)."""
     requests_per_batch: int = 256
-    """Edit requests an actor evaluates per Ray Data batch."""
+    """Most edit requests an actor evaluates per Ray Data batch (fewer when that spreads a small
+    run over all `actors`)."""
     torch_threads: int = 0
     """Intra-op threads per CPU scoring actor; 0 = this node's cores divided by `actors`."""
 

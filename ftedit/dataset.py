@@ -73,13 +73,33 @@ def first_clause(text: str) -> str:
     return text.split("\n")[0].split(". ")[0].strip().rstrip(".,;:")
 
 
-def _model_actors(cfg: RunConfig) -> dict:
-    """Stages that run the unedited model use the scoring actors' pool: `eval.actors` replicas
-    with `eval.gpus_per_actor` GPUs each (on a GPU cluster, generation for 10,000 edits of a
-    large model belongs on GPUs, not on a CPU actor)."""
+def spread_over_actors(ds, actors: int, most_per_call: int, n_rows: int | None = None):
+    """`ds` re-cut into blocks of one actor call each, and the rows per call: at most
+    `most_per_call`, fewer when `n_rows` (if known) would otherwise leave some of `actors` idle.
+
+    A requests file arrives as one block, and a Ray Data actor pool hands out whole blocks: left
+    as it is, one replica would do all the work while the others (each holding a model, on a GPU
+    of its own) sat idle. Streaming (nothing is counted or held), and the rows keep their order.
+    """
+    per_call = most_per_call if n_rows is None else max(1, min(most_per_call, -(-n_rows // actors)))
+    return ds.repartition(target_num_rows_per_block=per_call), per_call
+
+
+def on_model_actors(ds, cfg: RunConfig, stage, constructor_args: tuple, most_per_call: int, n_rows: int | None = None):
+    """`ds` mapped by `stage`, a class that loads a model, on the scoring actors' pool:
+    `eval.actors` replicas with `eval.gpus_per_actor` GPUs each (on a GPU cluster, generation
+    for 10,000 edits of a large model belongs on GPUs, not on a CPU actor)."""
     from ray.data import ActorPoolStrategy
 
-    return {"compute": ActorPoolStrategy(size=cfg.eval.actors), "num_gpus": cfg.eval.gpus_per_actor or None}
+    ds, per_call = spread_over_actors(ds, cfg.eval.actors, most_per_call, n_rows)
+    return ds.map_batches(
+        stage,
+        fn_constructor_args=constructor_args,
+        batch_size=per_call,
+        compute=ActorPoolStrategy(size=cfg.eval.actors),
+        num_cpus=cfg.eval.cpus_per_actor,
+        num_gpus=cfg.eval.gpus_per_actor or None,
+    )
 
 
 def build_training_dataset(
@@ -114,12 +134,7 @@ def build_training_dataset(
     if cfg.augment.continuation_tokens:
         from ftedit.continuation import Continuations
 
-        ds = ds.map_batches(
-            Continuations,
-            fn_constructor_args=(model_path, cfg.model.dtype, cfg.augment.continuation_tokens),
-            batch_size=64,
-            **_model_actors(cfg),
-        )
+        ds = on_model_actors(ds, cfg, Continuations, (model_path, cfg.model.dtype, cfg.augment.continuation_tokens), 64)
     ds = ds.map_batches(
         augment_batch,
         fn_kwargs={
@@ -133,12 +148,7 @@ def build_training_dataset(
         batch_size=256,
     )
     if cfg.augment.locality_target == "model" and cfg.augment.n_unedited:
-        ds = ds.map_batches(
-            OwnAnswers,
-            fn_constructor_args=(model_path, cfg.model.dtype, cfg.augment.locality_target_tokens),
-            batch_size=256,
-            **_model_actors(cfg),
-        )
+        ds = on_model_actors(ds, cfg, OwnAnswers, (model_path, cfg.model.dtype, cfg.augment.locality_target_tokens), 256)
     ds = ds.map_batches(
         TokenizeBatch,
         fn_constructor_args=(model_path, cfg.loss.mode == "conditional"),

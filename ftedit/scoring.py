@@ -88,20 +88,14 @@ def evaluate_on_cluster(cfg: RunConfig, model_path, requests, kind: str, trained
     `reference` (EasyEdit locality compares the two models' top-1 tokens) and `scores` renamed
     `before` (carried through, for the per-edit results).
     """
-    from ray.data import ActorPoolStrategy
-
     from ftedit.config import to_dict
+    from ftedit.dataset import on_model_actors
 
     started = time.perf_counter()
     settings = cfg.eval
-    scored = requests.map_batches(
-        EvaluateRequests,
-        fn_constructor_args=(str(model_path), None if trained_dir is None else str(trained_dir), to_dict(cfg), kind),
-        batch_size=settings.requests_per_batch,
-        compute=ActorPoolStrategy(size=settings.actors),
-        num_cpus=settings.cpus_per_actor,
-        num_gpus=settings.gpus_per_actor or None,
-    ).materialize()
+    trained = None if trained_dir is None else str(trained_dir)
+    scored = on_model_actors(requests, cfg, EvaluateRequests, (str(model_path), trained, to_dict(cfg), kind),
+                             settings.requests_per_batch, n_rows=requests.count()).materialize()
     log.info("evaluated the requests on %d actor(s) in %.0f s", settings.actors, time.perf_counter() - started)
     return scored
 

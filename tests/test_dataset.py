@@ -95,3 +95,31 @@ def test_example_counts_sum_per_kind_and_tokens():
         assert example_counts(ds) == {"examples": 4, "tokens": 24, "by_kind": {"edit": 2, "paraphrase": 1, "random": 1}}
     finally:
         ray.shutdown()
+
+
+def test_model_actor_stages_cut_a_one_block_file_so_every_replica_gets_work():
+    import ray
+
+    from ftedit.config import RunConfig, from_dict
+    from ftedit.dataset import on_model_actors
+
+    class _PassThrough:  # a model-actor stage without a model (local: pickled by value for the workers)
+        def __call__(self, batch: dict) -> dict:
+            return batch
+
+    cfg = from_dict(RunConfig, {"eval": {"actors": 2, "cpus_per_actor": 0.5}})
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # as the job's init_ray sets it
+    try:
+        one_block = ray.data.from_items([{"row": i} for i in range(10)]).repartition(1)  # as a requests file arrives
+        assert one_block.materialize().num_blocks() == 1
+        capped = on_model_actors(one_block, cfg, _PassThrough, (), most_per_call=4).materialize()
+        spread = on_model_actors(one_block, cfg, _PassThrough, (), most_per_call=256, n_rows=10).materialize()
+        rows = [[r["row"] for r in ds.take_all()] for ds in (capped, spread)]
+        stats = [ds.stats() for ds in (capped, spread)]
+    finally:
+        ray.shutdown()
+    assert rows == [list(range(10))] * 2  # every row once, in order
+    # At most 4 rows per call: 3 calls. 256 allowed, but 10 rows over 2 replicas: 2 calls of 5.
+    assert "MapBatches(_PassThrough): 3 tasks executed" in stats[0], stats[0]
+    assert "MapBatches(_PassThrough): 2 tasks executed" in stats[1], stats[1]

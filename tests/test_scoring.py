@@ -1,6 +1,7 @@
 """Evaluation on Ray Data model actors gives exactly what `evaluate` gives in one process."""
 
 import json
+import re
 
 import pytest
 
@@ -48,16 +49,21 @@ def test_actor_pool_scores_match_the_in_process_evaluation(tiny_model, tmp_path)
     after = evaluate(edited, tokenizer, requests, "counterfact", cfg.eval, reference=before)
 
     ray.init(num_cpus=2, include_dashboard=False)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # as the job's init_ray sets it
     try:
         source = open_requests(cfg.data)  # the requests as the job reads them: a Ray Dataset
         before_cluster = evaluate_on_cluster(cfg, tiny_model, source.dataset, "counterfact")
         reference = before_cluster.rename_columns({"scores": "before", "locality": "reference"})
         after_cluster = evaluate_on_cluster(cfg, tiny_model, reference, "counterfact", trained_dir=tmp_path / "adapter")
         rows = list(scored_rows(after_cluster))
+        stats = [scored.stats() for scored in (before_cluster, after_cluster)]  # Ray Data's execution report
         summaries = write_per_edit(tmp_path / "per_edit.jsonl", rows, "counterfact")
     finally:
         ray.shutdown()
     assert [request for request, _, _ in rows] == requests  # every request once, in file order
+    # The one-block file was cut so that both replicas get work: 3 calls of 2 requests, not 1.
+    for report in stats:
+        assert re.search(r"MapBatches\(EvaluateRequests\): 3 tasks executed", report), report
     for (_, *ours), theirs in zip(rows, zip(before.records, after.records)):
         for our, their in zip(ours, theirs):  # before, after
             assert our.keys() == their.keys() and our["case_id"] == their["case_id"]
