@@ -102,10 +102,32 @@ def load_inputs(cfg: RunConfig) -> Inputs:
     return Inputs(source, kind, pool, model_path)
 
 
+def check_usable_pool(cfg: RunConfig, inputs: Inputs, usable: list[Fact]) -> None:
+    """Say how much of the fact pool the run may train on, and refuse a run whose unedited facts
+    would all be gone: a pool made of the edits' own facts keeps nothing once the facts about
+    edited subjects and the evaluation prompts are dropped."""
+    if not inputs.pool:
+        return
+    log.info("fact pool: %d of %d facts usable (the others are edit or evaluation prompts, or about an "
+             "edited subject)", len(usable), len(inputs.pool))
+    if not cfg.augment.n_unedited:
+        return
+    if not usable:
+        raise InputError(f"{cfg.data.fact_pool}: none of its {len(inputs.pool)} facts is usable as an unedited "
+                         "fact (each is an edit or evaluation prompt, or about an edited subject); use a pool "
+                         "that the edits do not cover, or set augment.n_random/n_similar/n_same_answer=0")
+    n_edits = inputs.source.n_requests
+    if len(usable) < n_edits:
+        log.warning("%d edits draw their unedited facts from only %d usable pool facts: each is trained about "
+                    "%.0f times per epoch and locality rests on a handful of facts; a bigger data.fact_pool "
+                    "keeps more", n_edits, len(usable), n_edits * min(cfg.augment.n_unedited, len(usable)) / len(usable))
+
+
 def prepare_augmentation(cfg: RunConfig, inputs: Inputs, model, tokenizer) -> Augmentation:
     """Exclude evaluation prompts and edited subjects from the pool (on the cluster), and generate
     the prefixes with the model being edited."""
     pool, forbidden = pool_exclusions(inputs.source, inputs.pool)
+    check_usable_pool(cfg, inputs, pool)
     prefixes = generate_prefixes(model, tokenizer, cfg.augment, cfg.seed) if cfg.augment.n_paraphrase else []
     embedder = None
     if cfg.augment.n_similar:
@@ -173,6 +195,10 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
         raise InputError(f"output.dir {out_dir} exists; pick another or set output.overwrite=true")
     inputs = load_inputs(cfg)
     source, kind = inputs.source, inputs.kind
+    # 2. Augmentation inputs: excluded pool facts and prompts, model-generated prefixes (a pool
+    # with no usable fact is refused here, before the run directory exists).
+    model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
+    augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
 
     staging = staging_dir(out_dir)
     if staging.exists() and not _same_config(staging / "config.yaml", cfg):
@@ -181,10 +207,6 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
         log.info("resuming the interrupted run in %s (same config): training restarts from its latest checkpoint", staging)
     staging.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, staging / "config.yaml")
-
-    # 2. Augmentation inputs: excluded pool facts and prompts, model-generated prefixes.
-    model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
-    augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
     write_json(staging / "prefixes.json", augmentation.prefixes)
 
     check_packing(model, pad_token_id(tokenizer))  # fail before any work if packed rows would mix

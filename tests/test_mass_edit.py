@@ -94,6 +94,25 @@ def test_bad_request_fails_before_anything_is_written(tmp_path):
     assert not out.exists() and not out.with_name("run.incomplete").exists()
 
 
+def test_a_fact_pool_the_edits_cover_is_refused_before_anything_is_written(tmp_path):
+    # The ten sample edits as their own pool: every fact is about an edited subject.
+    out = tmp_path / "run"
+    proc = run_job("--config", "configs/smoke.yaml", "data.limit=10", "data.fact_pool=data/sample_edits.jsonl",
+                   f"output.dir={out}", timeout=300)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert "data/sample_edits.jsonl: none of its 10 facts is usable" in proc.stderr, proc.stderr[-4000:]
+    assert not out.exists() and not out.with_name("run.incomplete").exists()
+
+
+def test_a_fact_pool_smaller_than_the_edits_is_planned_with_a_warning(tmp_path):
+    proc = run_job("--config", "configs/smoke.yaml", "--dry-run", "data.fact_pool_limit=3",
+                   f"output.dir={tmp_path / 'run'}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads(proc.stdout)["fact_pool"] == 3
+    assert "fact pool: 3 of 3 facts usable" in proc.stderr
+    assert "6 edits draw their unedited facts from only 3 usable pool facts" in proc.stderr, proc.stderr[-4000:]
+
+
 def test_bad_config_value_names_the_key(tmp_path):
     proc = run_job("--config", "configs/smoke.yaml", "train.lr=-1", f"output.dir={tmp_path / 'r'}", timeout=120)
     assert proc.returncode == 2 and "train.lr: must be > 0" in proc.stderr
