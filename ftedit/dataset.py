@@ -73,29 +73,34 @@ def first_clause(text: str) -> str:
     return text.split("\n")[0].split(". ")[0].strip().rstrip(".,;:")
 
 
-def spread_over_actors(ds, actors: int, most_per_call: int, n_rows: int | None = None):
-    """`ds` re-cut into blocks of one actor call each, and the rows per call: at most
-    `most_per_call`, fewer when `n_rows` (if known) would otherwise leave some of `actors` idle.
+def spread_over_actors(ds, actors: int, most_per_call: int, count_rows: bool = False):
+    """`ds` re-cut into blocks of one actor call each when `actors` > 1, and the rows per call: at
+    most `most_per_call`; with `count_rows` (cheap on a materialized dataset) fewer, where that
+    keeps a small run from leaving some actors idle.
 
     A requests file arrives as one block, and a Ray Data actor pool hands out whole blocks: left
     as it is, one replica would do all the work while the others (each holding a model, on a GPU
-    of its own) sat idle. Streaming (nothing is counted or held), and the rows keep their order.
+    of its own) sat idle. The rows keep their order. The re-cut is materialized on its own:
+    streamed beside actor stages, its tasks can wait forever for a CPU the actors hold (a Ray
+    Data deadlock seen on a 2-CPU cluster). With one actor nothing changes.
     """
-    per_call = most_per_call if n_rows is None else max(1, min(most_per_call, -(-n_rows // actors)))
-    return ds.repartition(target_num_rows_per_block=per_call), per_call
+    if actors == 1:
+        return ds, most_per_call
+    per_call = max(1, min(most_per_call, -(-ds.count() // actors))) if count_rows else most_per_call
+    return ds.repartition(target_num_rows_per_block=per_call).materialize(), per_call
 
 
-def on_model_actors(ds, cfg: RunConfig, stage, constructor_args: tuple, most_per_call: int, n_rows: int | None = None):
+def on_model_actors(ds, cfg: RunConfig, stage, constructor_args: tuple, batch_size: int):
     """`ds` mapped by `stage`, a class that loads a model, on the scoring actors' pool:
     `eval.actors` replicas with `eval.gpus_per_actor` GPUs each (on a GPU cluster, generation
-    for 10,000 edits of a large model belongs on GPUs, not on a CPU actor)."""
+    for 10,000 edits of a large model belongs on GPUs, not on a CPU actor). Give it a dataset
+    that `spread_over_actors` has cut, or the replicas may not all get work."""
     from ray.data import ActorPoolStrategy
 
-    ds, per_call = spread_over_actors(ds, cfg.eval.actors, most_per_call, n_rows)
     return ds.map_batches(
         stage,
         fn_constructor_args=constructor_args,
-        batch_size=per_call,
+        batch_size=batch_size,
         compute=ActorPoolStrategy(size=cfg.eval.actors),
         num_cpus=cfg.eval.cpus_per_actor,
         num_gpus=cfg.eval.gpus_per_actor or None,
@@ -119,6 +124,10 @@ def build_training_dataset(
     from ray.data import ActorPoolStrategy
 
     ds = requests
+    if cfg.augment.continuation_tokens or (cfg.augment.locality_target == "model" and cfg.augment.n_unedited):
+        # Rows of the model stages below arrive in blocks of <= 1024 (the similar-fact stage's
+        # batch) or of 64: enough blocks for every replica of a big run.
+        ds, _ = spread_over_actors(ds, cfg.eval.actors, 64)
     if cfg.augment.n_similar and pool:
         from ftedit.similarity import SimilarFacts
 

@@ -101,25 +101,30 @@ def test_model_actor_stages_cut_a_one_block_file_so_every_replica_gets_work():
     import ray
 
     from ftedit.config import RunConfig, from_dict
-    from ftedit.dataset import on_model_actors
+    from ftedit.dataset import on_model_actors, spread_over_actors
 
     class _PassThrough:  # a model-actor stage without a model (local: pickled by value for the workers)
         def __call__(self, batch: dict) -> dict:
             return batch
 
-    cfg = from_dict(RunConfig, {"eval": {"actors": 2, "cpus_per_actor": 0.5}})
+    cfg = from_dict(RunConfig, {"eval": {"actors": 2, "cpus_per_actor": 1}})  # the actors hold every CPU
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # as the job's init_ray sets it
     try:
-        one_block = ray.data.from_items([{"row": i} for i in range(10)]).repartition(1)  # as a requests file arrives
-        assert one_block.materialize().num_blocks() == 1
-        capped = on_model_actors(one_block, cfg, _PassThrough, (), most_per_call=4).materialize()
-        spread = on_model_actors(one_block, cfg, _PassThrough, (), most_per_call=256, n_rows=10).materialize()
-        rows = [[r["row"] for r in ds.take_all()] for ds in (capped, spread)]
-        stats = [ds.stats() for ds in (capped, spread)]
+        one_block = ray.data.from_items([{"row": i} for i in range(10)]).repartition(1).materialize()
+        assert one_block.num_blocks() == 1  # as a requests file arrives
+        outputs, calls = [], []
+        for most, count in ((4, False), (256, True)):
+            spread, per_call = spread_over_actors(one_block, 2, most, count_rows=count)
+            outputs.append(on_model_actors(spread, cfg, _PassThrough, (), per_call).materialize())
+            calls.append(per_call)
+        assert spread_over_actors(one_block, 1, 4) == (one_block, 4)  # one actor: left as it is
+        rows = [[r["row"] for r in ds.take_all()] for ds in outputs]
+        stats = [ds.stats() for ds in outputs]
     finally:
         ray.shutdown()
     assert rows == [list(range(10))] * 2  # every row once, in order
     # At most 4 rows per call: 3 calls. 256 allowed, but 10 rows over 2 replicas: 2 calls of 5.
+    assert calls == [4, 5]
     assert "MapBatches(_PassThrough): 3 tasks executed" in stats[0], stats[0]
     assert "MapBatches(_PassThrough): 2 tasks executed" in stats[1], stats[1]
