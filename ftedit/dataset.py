@@ -124,10 +124,7 @@ def build_training_dataset(
     from ray.data import ActorPoolStrategy
 
     ds = requests
-    if cfg.augment.continuation_tokens or (cfg.augment.locality_target == "model" and cfg.augment.n_unedited):
-        # Rows of the model stages below arrive in blocks of <= 1024 (the similar-fact stage's
-        # batch) or of 64: enough blocks for every replica of a big run.
-        ds, _ = spread_over_actors(ds, cfg.eval.actors, 64)
+    own_answers = cfg.augment.locality_target == "model" and cfg.augment.n_unedited
     if cfg.augment.n_similar and pool:
         from ftedit.similarity import SimilarFacts
 
@@ -143,7 +140,9 @@ def build_training_dataset(
     if cfg.augment.continuation_tokens:
         from ftedit.continuation import Continuations
 
-        ds = on_model_actors(ds, cfg, Continuations, (model_path, cfg.model.dtype, cfg.augment.continuation_tokens), 64)
+        ds, per_call = spread_over_actors(ds, cfg.eval.actors, 64)
+        ds = on_model_actors(ds, cfg, Continuations, (model_path, cfg.model.dtype, cfg.augment.continuation_tokens),
+                             per_call)
     ds = ds.map_batches(
         augment_batch,
         fn_kwargs={
@@ -156,8 +155,14 @@ def build_training_dataset(
         },
         batch_size=256,
     )
-    if cfg.augment.locality_target == "model" and cfg.augment.n_unedited:
-        ds = on_model_actors(ds, cfg, OwnAnswers, (model_path, cfg.model.dtype, cfg.augment.locality_target_tokens), 256)
+    if own_answers:
+        ds, per_call = spread_over_actors(ds, cfg.eval.actors, 256)
+        ds = on_model_actors(ds, cfg, OwnAnswers, (model_path, cfg.model.dtype, cfg.augment.locality_target_tokens),
+                             per_call)
+    if cfg.eval.actors > 1 and (cfg.augment.continuation_tokens or own_answers):
+        # Several replicas may hold every CPU of a small cluster: let them finish before the
+        # tokenizer's actor and the shuffle's tasks ask for one (Ray Data would wait forever).
+        ds = ds.materialize()
     ds = ds.map_batches(
         TokenizeBatch,
         fn_constructor_args=(model_path, cfg.loss.mode == "conditional"),

@@ -152,15 +152,20 @@ def test_a_run_that_fails_midway_leaves_nothing_that_looks_complete(tmp_path, mo
 def test_zero3_full_finetuning_with_similar_facts_and_own_answers(tmp_path, tiny_embedder):
     """The other training path: ZeRO-3 (parameters gathered to save), full fine-tuning of one
     layer, similar facts by embedding, locality targets from the unedited model and edits
-    anchored with its continuations, weighted apart from the targets in the loss."""
+    anchored with its continuations, weighted apart from the targets in the loss; and two model
+    replicas for the stages that run the unedited model (generation, scoring) on 2 CPUs."""
     out = tmp_path / "run"
     proc = run_job(
         "--config", "configs/smoke.yaml", f"output.dir={out}", "data.limit=4",
         "train.tuning=full", "train.layers=[1]", "train.zero_stage=3", "train.lr=5e-3",
         "augment.n_similar=2", "augment.locality_target=model", f"augment.embedding_model={tiny_embedder}",
-        "augment.continuation_tokens=3", "loss.anchor_weight=0.5",
+        "augment.continuation_tokens=3", "loss.anchor_weight=0.5", "eval.actors=2", "eval.cpus_per_actor=0.5",
+        timeout=400,  # a Ray Data stall (replicas holding every CPU) fails here instead of hanging
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # The one-block requests file was cut so that both replicas scored half of it, each time.
+    for model in ("unedited", "edited"):
+        assert len(re.findall(rf"(?<!un){model} model: scored 2 requests", proc.stderr)) == 2, proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["examples"]["by_kind"] == {"edit": 4, "paraphrase": 12, "random": 12, "similar": 8}
     anchors = [line for line in proc.stderr.splitlines() if "continuation anchor:" in line]
