@@ -281,9 +281,8 @@ class EvalConfig:
     progress log, Ray Train metrics `probe_*`, what a sweep's early stopping sees); 0 = off."""
     actors: int = 1
     """Model replicas scoring the requests in parallel (a Ray Data actor pool); they also generate
-    continuation anchors and model locality targets. For GPU clusters (`gpus_per_actor: 1`): on a
-    CPU-only machine replicas share its cores, and with those two generating stages Ray Data can
-    stall when the replicas hold every CPU its other stages need."""
+    continuation anchors and model locality targets. Meant for GPU clusters (`gpus_per_actor: 1`):
+    on a CPU-only machine the replicas share its cores."""
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     """GPUs per scoring actor (1 on GPU clusters; 0 scores on CPU)."""
