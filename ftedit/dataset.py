@@ -90,17 +90,18 @@ def spread_over_actors(ds, actors: int, most_per_call: int, count_rows: bool = F
     return ds.repartition(target_num_rows_per_block=per_call).materialize(), per_call
 
 
-def on_model_actors(ds, cfg: RunConfig, stage, constructor_args: tuple, batch_size: int):
+def on_model_actors(ds, cfg: RunConfig, stage, constructor_args: tuple, most_per_call: int, count_rows: bool = False):
     """`ds` mapped by `stage`, a class that loads a model, on the scoring actors' pool:
     `eval.actors` replicas with `eval.gpus_per_actor` GPUs each (on a GPU cluster, generation
-    for 10,000 edits of a large model belongs on GPUs, not on a CPU actor). Give it a dataset
-    that `spread_over_actors` has cut, or the replicas may not all get work."""
+    for 10,000 edits of a large model belongs on GPUs, not on a CPU actor), cut by
+    `spread_over_actors` so that every replica gets work."""
     from ray.data import ActorPoolStrategy
 
+    ds, per_call = spread_over_actors(ds, cfg.eval.actors, most_per_call, count_rows)
     return ds.map_batches(
         stage,
         fn_constructor_args=constructor_args,
-        batch_size=batch_size,
+        batch_size=per_call,
         compute=ActorPoolStrategy(size=cfg.eval.actors),
         num_cpus=cfg.eval.cpus_per_actor,
         num_gpus=cfg.eval.gpus_per_actor or None,
@@ -140,9 +141,7 @@ def build_training_dataset(
     if cfg.augment.continuation_tokens:
         from ftedit.continuation import Continuations
 
-        ds, per_call = spread_over_actors(ds, cfg.eval.actors, 64)
-        ds = on_model_actors(ds, cfg, Continuations, (model_path, cfg.model.dtype, cfg.augment.continuation_tokens),
-                             per_call)
+        ds = on_model_actors(ds, cfg, Continuations, (model_path, cfg.model.dtype, cfg.augment.continuation_tokens), 64)
     ds = ds.map_batches(
         augment_batch,
         fn_kwargs={
@@ -156,9 +155,7 @@ def build_training_dataset(
         batch_size=256,
     )
     if own_answers:
-        ds, per_call = spread_over_actors(ds, cfg.eval.actors, 256)
-        ds = on_model_actors(ds, cfg, OwnAnswers, (model_path, cfg.model.dtype, cfg.augment.locality_target_tokens),
-                             per_call)
+        ds = on_model_actors(ds, cfg, OwnAnswers, (model_path, cfg.model.dtype, cfg.augment.locality_target_tokens), 256)
     if cfg.eval.actors > 1 and (cfg.augment.continuation_tokens or own_answers):
         # Several replicas may hold every CPU of a small cluster: let them finish before the
         # tokenizer's actor and the shuffle's tasks ask for one (Ray Data would wait forever).

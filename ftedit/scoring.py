@@ -89,14 +89,13 @@ def evaluate_on_cluster(cfg: RunConfig, model_path, requests, kind: str, trained
     `before` (carried through, for the per-edit results).
     """
     from ftedit.config import to_dict
-    from ftedit.dataset import on_model_actors, spread_over_actors
+    from ftedit.dataset import on_model_actors
 
     started = time.perf_counter()
     settings = cfg.eval
     trained = None if trained_dir is None else str(trained_dir)
-    requests, per_call = spread_over_actors(requests, settings.actors, settings.requests_per_batch, count_rows=True)
     scored = on_model_actors(requests, cfg, EvaluateRequests, (str(model_path), trained, to_dict(cfg), kind),
-                             per_call).materialize()
+                             settings.requests_per_batch, count_rows=True).materialize()
     log.info("evaluated the requests on %d actor(s) in %.0f s", settings.actors, time.perf_counter() - started)
     return scored
 

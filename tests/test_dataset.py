@@ -115,9 +115,8 @@ def test_model_actor_stages_cut_a_one_block_file_so_every_replica_gets_work():
         assert one_block.num_blocks() == 1  # as a requests file arrives
         outputs, calls = [], []
         for most, count in ((4, False), (256, True)):
-            spread, per_call = spread_over_actors(one_block, 2, most, count_rows=count)
-            outputs.append(on_model_actors(spread, cfg, _PassThrough, (), per_call).materialize())
-            calls.append(per_call)
+            outputs.append(on_model_actors(one_block, cfg, _PassThrough, (), most, count_rows=count).materialize())
+            calls.append(spread_over_actors(one_block, 2, most, count_rows=count)[1])
         assert spread_over_actors(one_block, 1, 4) == (one_block, 4)  # one actor: left as it is
         rows = [[r["row"] for r in ds.take_all()] for ds in outputs]
         stats = [ds.stats() for ds in outputs]
