@@ -38,3 +38,19 @@ def test_paper_scale_config_dry_runs_with_a_tiny_stand_in(config, tiny_model, sh
     assert plan["optimizer_steps"] == cfg.train.epochs * steps
     assert plan["train_tokens"] == cfg.train.epochs * plan["examples"]["tokens"] > 0
     assert not out.exists() and not out.with_name("run.incomplete").exists()  # nothing written
+
+
+@pytest.mark.parametrize("config", ["gptj-counterfact-10k.yaml", "llama3-8b-counterfact-full-zero3.yaml"])
+def test_paper_scale_config_accepts_its_whole_requests_file(config, shared_data):
+    """All 10,000 records the config asks for, not a sample: 79 of them edit an earlier record's
+    prompt to another answer, and the config must drop them (listed) rather than stop the job."""
+    from ftedit.requests import load_requests
+
+    cfg = load_config(REPO / "configs" / config)
+    requests_file = shared_data / "counterfact" / "counterfact-edit.json"
+    loaded = load_requests(requests_file, cfg.data.format, cfg.data.limit, cfg.data.zsre_target,
+                           cfg.data.on_invalid == "skip", cfg.data.offset)
+    assert len(loaded.requests) + len(loaded.skipped) == cfg.data.limit == 10_000
+    assert len(loaded.skipped) == 79 and {e.field for e in loaded.skipped} == {"target_new"}
+    first = loaded.skipped[0]
+    assert (first.index, first.case_id) == (1091, "2362") and "conflicts with record 452 (case_id 1004)" in str(first)
