@@ -33,6 +33,23 @@ class InputError(ValueError):
     """Bad input found before any work started (nothing was written)."""
 
 
+# Skipped records named one by one on the console; the report and summary.json list them all.
+SKIPPED_SHOWN = 10
+
+
+class StageClock:
+    """Wall seconds of each stage of a run, for the report: where a big job's time goes."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 1)
+        self._last = now
+
+
 def staging_dir(out_dir: Path) -> Path:
     return out_dir.with_name(out_dir.name + ".incomplete")
 
@@ -82,6 +99,16 @@ class Augmentation:
     embedder_path: str | None
 
 
+def warn_skipped(skipped: list) -> None:
+    """Name the first skipped records on the console and count the rest: a big file with thousands
+    of bad records must not bury the run's progress (the report and summary.json list them all)."""
+    for error in skipped[:SKIPPED_SHOWN]:
+        log.warning("skipped invalid request: %s", error)
+    if len(skipped) > SKIPPED_SHOWN:
+        log.warning("... and %d more skipped invalid requests (%d in all; the run's report.md and summary.json "
+                    "list them)", len(skipped) - SKIPPED_SHOWN, len(skipped))
+
+
 def load_inputs(cfg: RunConfig) -> Inputs:
     """Read and validate everything a run reads, before anything is written or trained.
 
@@ -89,8 +116,7 @@ def load_inputs(cfg: RunConfig) -> Inputs:
     """
     init_ray(cfg)
     source = open_requests(cfg.data)
-    for error in source.skipped:
-        log.warning("skipped invalid request: %s", error)
+    warn_skipped(source.skipped)
     if not source.n_requests:
         raise InputError(f"{cfg.data.requests}: no valid edit requests")
     kind = metric_kind(source.format, cfg.eval.kind, source.missing_true)
@@ -118,9 +144,9 @@ def check_usable_pool(cfg: RunConfig, inputs: Inputs, usable: list[Fact]) -> Non
                          "that the edits do not cover, or set augment.n_random/n_similar/n_same_answer=0")
     n_edits = inputs.source.n_requests
     if len(usable) < n_edits:
-        log.warning("%d edits draw their unedited facts from only %d usable pool facts: each is trained about "
-                    "%.0f times per epoch and locality rests on a handful of facts; a bigger data.fact_pool "
-                    "keeps more", n_edits, len(usable), n_edits * min(cfg.augment.n_unedited, len(usable)) / len(usable))
+        log.warning("%d edits draw their unedited facts from only %d usable pool facts: each pool fact is "
+                    "trained about %.0f times per epoch, each edit once; a bigger data.fact_pool spreads locality "
+                    "over more facts", n_edits, len(usable), n_edits * min(cfg.augment.n_unedited, len(usable)) / len(usable))
 
 
 def prepare_augmentation(cfg: RunConfig, inputs: Inputs, model, tokenizer) -> Augmentation:
@@ -146,6 +172,13 @@ def training_dataset(cfg: RunConfig, inputs: Inputs, augmentation: Augmentation)
     )
     counts = example_counts(dataset)
     log.info("training examples: %s", counts)
+    held_back = inputs.source.n_requests - counts["by_kind"].get("edit", 0)
+    if cfg.augment.keep_edit_prompt and held_back > 0:
+        # Evaluation prompts are never trained on, or the scores would measure memorised probes:
+        # CounterFact has edits whose prompt is another edit's neighbourhood prompt, or its own paraphrase.
+        log.warning("%d edit prompt(s) are also evaluation prompts of this run (another edit's neighbourhood or "
+                    "paraphrase prompt, or the edit's own) and are trained only behind pseudo-paraphrase prefixes",
+                    held_back)
     if cfg.augment.continuation_tokens:  # show what the edits are anchored with (a few rows)
         for row in dataset.filter(lambda r: r["kind"] == "edit").select_columns(
                 ["prompt", "target", "continuation"]).take(3):
@@ -187,6 +220,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     `train_callbacks` go to Ray Train (a sweep trial passes Tune's report callback).
     """
     started = time.perf_counter()
+    clock = StageClock()
     out_dir = Path(cfg.output.dir)
 
     # 1. Inputs, all validated before anything is written or trained. A taken run directory is
@@ -199,6 +233,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     # with no usable fact is refused here, before the run directory exists).
     model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
     augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
+    clock.lap("read requests, prefixes")
 
     staging = staging_dir(out_dir)
     if staging.exists() and not _same_config(staging / "config.yaml", cfg):
@@ -214,10 +249,12 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
 
     # 3. Similar facts, augment, tokenize: on Ray Data.
     dataset, counts = training_dataset(cfg, inputs, augmentation)
+    clock.lap("training examples")
 
     # 4. The unedited model, scored by the same code (on Ray Data model actors) as the edited one.
     log.info("evaluating the unedited model")
     before = evaluate_on_cluster(cfg, inputs.model_path, source.dataset, kind)
+    clock.lap("unedited evaluation")
 
     # 5. Train on Ray Train + DeepSpeed.
     from ftedit.train import fit
@@ -230,6 +267,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     shutil.rmtree(trained_dir, ignore_errors=True)  # from an interrupted attempt
     copy_trained_weights(checkpoint, trained_dir)
     shutil.rmtree(staging / "ray", ignore_errors=True)  # local checkpoints were copied; keep the run small
+    clock.lap("training")
 
     # 6. The edited model: merged and saved here, evaluated on the scoring actors.
     if cfg.output.save_merged:
@@ -237,10 +275,12 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
         edited.save_pretrained(staging / "model")
         tokenizer.save_pretrained(staging / "model")
         del edited
+        clock.lap("merged model saved")
     log.info("evaluating the edited model")
     reference = before.rename_columns({"scores": "before", "locality": "reference"})
     after = evaluate_on_cluster(cfg, inputs.model_path, reference, kind, trained_dir=trained_dir)
     before_summary, after_summary = write_per_edit(staging / "per_edit.jsonl", scored_rows(after), kind)
+    clock.lap("edited evaluation")
 
     # 7. Report, then make the run directory visible under its real name.
     summary = {
@@ -254,6 +294,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
         "requests": cfg.data.requests,
         "examples": counts,
         "train": train_metrics,
+        "stage_seconds": clock.seconds,
         "skipped": [str(e) for e in source.skipped],
     }
     (staging / "report.md").write_text(render_markdown(summary))

@@ -9,6 +9,9 @@ from pathlib import Path
 from ftedit.metrics import MetricTotals
 from ftedit.edit_request import EditRequest
 
+# Skipped requests named in report.md; summary.json keeps every one (a big file may hold thousands).
+SKIPPED_LISTED = 50
+
 # Rows of the before/after table, in order; keys absent from a metric family are skipped.
 TABLE_ROWS = (
     ("edit_score", "Edit score (harmonic mean)"),
@@ -52,6 +55,11 @@ def write_per_edit(path: Path, rows: Iterable[tuple[EditRequest, dict, dict]], k
     return before_totals.summary(), after_totals.summary()
 
 
+def _stages(seconds: dict | None) -> str:
+    """' (stage 12 s, ...)' from the run's stage clock; empty for summaries written without one."""
+    return " (" + ", ".join(f"{stage} {t:.0f} s" for stage, t in seconds.items()) + ")" if seconds else ""
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
@@ -83,9 +91,12 @@ def render_markdown(summary: dict) -> str:
         f"Training: {examples['examples']} examples ({kinds}), {examples['tokens']} tokens; "
         f"{train['optimizer_steps']} optimizer steps in {train['train_seconds']:.0f} s, "
         f"{train['train_tokens_per_s']:.0f} training tokens/s.",
-        f"Wall time, end to end: {summary['wall_seconds']:.0f} s.",
+        f"Wall time, end to end: {summary['wall_seconds']:.0f} s{_stages(summary.get('stage_seconds'))}.",
     ]
-    if summary["skipped"]:
-        lines += ["", f"Skipped {len(summary['skipped'])} invalid request(s):", ""]
-        lines += [f"- {reason}" for reason in summary["skipped"]]
+    skipped = summary["skipped"]
+    if skipped:
+        lines += ["", f"Skipped {len(skipped)} invalid request(s):", ""]
+        lines += [f"- {reason}" for reason in skipped[:SKIPPED_LISTED]]
+        if len(skipped) > SKIPPED_LISTED:
+            lines.append(f"- ... and {len(skipped) - SKIPPED_LISTED} more, all listed in summary.json (`skipped`)")
     return "\n".join(lines) + "\n"

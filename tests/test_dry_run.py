@@ -21,18 +21,19 @@ def test_paper_scale_config_dry_runs_with_a_tiny_stand_in(config, tiny_model, sh
     proc = subprocess.run(
         [sys.executable, "jobs/mass_edit.py", "--config", f"configs/{config}", "--dry-run",
          f"model.path={tiny_model}", f"data.requests={counterfact / 'counterfact-edit.json'}",
-         f"data.fact_pool={counterfact / 'counterfact-train.json'}", "data.limit=24", f"output.dir={out}"],
+         f"data.fact_pool={counterfact / 'counterfact-train.json'}", "data.limit=100", f"output.dir={out}"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     plan = json.loads(proc.stdout)
     cfg = load_config(REPO / "configs" / config)
-    assert plan["n_edits"] == 24 and plan["metric_kind"] == "counterfact"
+    assert plan["n_edits"] == 100 and plan["metric_kind"] == "counterfact"
     by_kind = plan["examples"]["by_kind"]
-    # Every edit gets its prefixes and pool facts; an edit prompt that is another edit's
-    # evaluation prompt is never trained on, so "edit" may be below 24.
-    assert by_kind["paraphrase"] == 24 * cfg.augment.n_paraphrase and by_kind["random"] == 24 * cfg.augment.n_random
-    assert 0 < by_kind["edit"] <= 24 and plan["examples"]["examples"] == sum(by_kind.values())
+    # Every edit gets its prefixes and pool facts; an evaluation prompt is never trained on, and
+    # record 92's paraphrase prompt is its own prompt ("Haseeb Ahsan is a citizen of"), so 99.
+    assert by_kind["paraphrase"] == 100 * cfg.augment.n_paraphrase and by_kind["random"] == 100 * cfg.augment.n_random
+    assert by_kind["edit"] == 99 and plan["examples"]["examples"] == sum(by_kind.values())
+    assert "1 edit prompt(s) are also evaluation prompts of this run" in proc.stderr
     per_worker = plan["examples"]["examples"] // cfg.train.num_workers
     steps = math.ceil(per_worker / cfg.train.micro_batch_size) // cfg.train.grad_accum_steps
     assert plan["optimizer_steps"] == cfg.train.epochs * steps

@@ -36,6 +36,11 @@ def test_outputs_are_complete(smoke_run):
     assert not out.with_name(out.name + ".incomplete").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_edits"] == 6 and summary["wall_seconds"] > 0
+    stages = summary["stage_seconds"]  # where the time went, stage by stage, in run order
+    assert list(stages) == ["read requests, prefixes", "training examples", "unedited evaluation", "training",
+                            "merged model saved", "edited evaluation"]
+    assert all(t >= 0 for t in stages.values()) and 0 < sum(stages.values()) <= summary["wall_seconds"] + 0.5
+    assert "Wall time, end to end: " in (out / "report.md").read_text() and " s (read requests, prefixes " in (out / "report.md").read_text()
     for side in ("before", "after"):
         for key in ("efficacy", "generalization", "locality", "edit_score", "es", "ps", "ns", "em", "pm", "nm"):
             assert 0 <= abs(summary[side][key]) <= 100, (side, key)
@@ -111,6 +116,20 @@ def test_a_fact_pool_smaller_than_the_edits_is_planned_with_a_warning(tmp_path):
     assert json.loads(proc.stdout)["fact_pool"] == 3
     assert "fact pool: 3 of 3 facts usable" in proc.stderr
     assert "6 edits draw their unedited facts from only 3 usable pool facts" in proc.stderr, proc.stderr[-4000:]
+
+
+def test_skipped_requests_are_named_on_the_console_up_to_ten(caplog):
+    from ftedit.pipeline import warn_skipped
+
+    with caplog.at_level("WARNING", logger="ftedit.pipeline"):
+        warn_skipped([f"edits.json: record {i}: field 'target_new': conflict" for i in range(79)])
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 11 and messages[9].endswith("record 9: field 'target_new': conflict")
+    assert messages[10] == "... and 69 more skipped invalid requests (79 in all; the run's report.md and summary.json list them)"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ftedit.pipeline"):
+        warn_skipped(["a.json: record 0: field 'prompt': empty"])
+    assert [r.getMessage() for r in caplog.records] == ["skipped invalid request: a.json: record 0: field 'prompt': empty"]
 
 
 def test_bad_config_value_names_the_key(tmp_path):

@@ -20,3 +20,21 @@ def test_report_says_when_locality_covers_only_some_edits():
     assert "| NS: neighbourhood, P(true) > P(new) | 100.0 | 100.0 | +0.0 |" in partial
     assert "Locality is measured on the 1 of 2 edits that have neighbourhood prompts." in partial
     assert "Locality is measured" not in render_markdown(summary_of([with_neighbours, with_neighbours]))
+
+
+def test_report_names_at_most_fifty_skipped_requests_and_points_to_the_rest():
+    record = counterfact_record([pair(0.5, 1.0)], [], [])
+    summary = summary_of([record]) | {"skipped": [f"edits.json: record {i}: field 'target_new': conflict" for i in range(79)]}
+    report = render_markdown(summary)
+    assert "Skipped 79 invalid request(s):" in report
+    assert "- edits.json: record 49: field" in report and "record 50:" not in report
+    assert "- ... and 29 more, all listed in summary.json (`skipped`)" in report
+    few = render_markdown(summary | {"skipped": summary["skipped"][:3]})
+    assert "record 2:" in few and "more, all listed" not in few
+
+
+def test_report_gives_the_wall_time_of_each_stage():
+    summary = summary_of([counterfact_record([pair(0.5, 1.0)], [], [])])
+    assert "Wall time, end to end: 1 s." in render_markdown(summary)  # a summary from before stage clocks
+    summary |= {"wall_seconds": 449.2, "stage_seconds": {"read requests, prefixes": 20.4, "training": 312.0}}
+    assert "Wall time, end to end: 449 s (read requests, prefixes 20 s, training 312 s)." in render_markdown(summary)
