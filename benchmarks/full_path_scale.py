@@ -1,0 +1,112 @@
+"""The whole paper-scale job on CPU: 1,000 and 10,000 CounterFact edits through the GPT-J config.
+
+    python benchmarks/full_path_scale.py --sizes 1000 10000
+
+`configs/gptj-counterfact-10k.yaml` as a user submits it to a GPU cluster, run end to end here
+with the changes a 2-core machine forces and nothing else: a tiny random Llama (`ftedit.tiny`) in
+place of GPT-J, one CPU training worker and one scoring actor, fp32, one epoch (of the paper's
+6; an epoch costs the same each time), the shared CounterFact files for requests and pool, and
+checkpoints in the run's staging directory instead of S3. Every stage runs as it would there: the
+file read and validated on Ray Data (its 79 conflicting records dropped), pool exclusions, prefix
+generation, 10 prefixes + 10 random facts per edit, tokenization, scoring of the unedited model,
+DeepSpeed ZeRO-2 LoRA training with checkpoints, the merged model saved, the edited model scored,
+the report written. A random model's edit scores mean nothing here; what is measured is that
+every stage runs at 10,000 edits, how each stage's time grows with the edits, and the driver's
+peak memory (each size runs in a fresh process). Results: benchmarks/results/full_path_scale.json
+and the BENCHMARKS.md table between the full-path-scale markers.
+"""
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.cli import parse_args  # noqa: E402
+from benchmarks.markdown_table import marker_lines  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "full_path_scale.json"
+MARKERS = marker_lines("full-path-scale")
+COUNTERFACT = REPO.parent / "shared" / "data" / "counterfact"
+
+# What a 2-core machine without a GPU changes in the GPU config; anything else stays as the user runs it.
+CPU_OVERRIDES = [
+    "model.dtype=float32", "train.precision=fp32", "train.use_gpu=false", "train.num_workers=1",
+    "train.cpus_per_worker=1", "train.micro_batch_size=32", "train.storage_path=null", "train.epochs=1",
+    "eval.actors=1", "eval.gpus_per_actor=0", "eval.cpus_per_actor=1",
+]
+
+
+def child(config: str, overrides: list[str]) -> None:
+    """One run in this process; prints its summary and this process's peak RSS as JSON."""
+    import resource
+
+    from ftedit.config import load_config
+    from ftedit.logs import show_progress
+    from ftedit.pipeline import run_mass_edit
+
+    show_progress()
+    summary = run_mass_edit(load_config(config, overrides))
+    keep = ("n_edits", "wall_seconds", "examples", "train", "stage_seconds", "after")
+    result = {k: summary[k] for k in keep} | {"skipped": len(summary["skipped"])}
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def render_table(result: dict) -> str:
+    stages = list(result["runs"][0]["stage_seconds"])
+    rows = ["| edits (skipped) | examples | tokens | " + " | ".join(f"{s} (s)" for s in stages)
+            + " | whole job (s) | train tokens/s | driver peak RSS (MB) |",
+            "|---:|---:|---:|" + "---:|" * len(stages) + "---:|---:|---:|"]
+    for r in result["runs"]:
+        cells = [f"{r['n_edits']:,} ({r['skipped']})", f"{r['examples']['examples']:,}", f"{r['examples']['tokens']:,}",
+                 *(f"{r['stage_seconds'].get(s, 0):.0f}" for s in stages), f"{r['wall_seconds']:.0f}",
+                 f"{r['train']['train_tokens_per_s']:,.0f}", f"{r['peak_rss_mb']:.0f}"]
+        rows.append("| " + " | ".join(cells) + " |")
+    rows += ["", f"Config `{' '.join([result['config'], *result['overrides']])}` with a tiny random Llama "
+                 f"and `{' '.join(CPU_OVERRIDES)}`; {result['date']}, {result['machine']}."]
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/gptj-counterfact-10k.yaml")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument("--data", type=Path, default=COUNTERFACT, help="folder of counterfact-edit.json and counterfact-train.json")
+    parser.add_argument("--child", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides for every run, anywhere on the line")
+    args = parse_args(parser)
+    if args.child:
+        child(args.child, args.overrides)
+        return 0
+
+    from benchmarks.host import machine
+    from benchmarks.markdown_table import BENCHMARKS_MD, publish, table_markers
+    from ftedit.tiny import build_tiny_model
+
+    table_markers("full-path-scale", BENCHMARKS_MD)  # a place to write, before the long runs
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_tiny_model(Path(tmp) / "tiny")
+        for n in sorted(args.sizes):
+            overrides = [f"model.path={model}", f"data.requests={args.data / 'counterfact-edit.json'}",
+                         f"data.fact_pool={args.data / 'counterfact-train.json'}", f"data.limit={n}",
+                         *CPU_OVERRIDES, *args.overrides, f"output.dir={Path(tmp) / f'run-{n}'}"]
+            print(f"whole job with {n:,} edit requests ...", file=sys.stderr, flush=True)
+            out = subprocess.run([sys.executable, __file__, "--child", args.config, *overrides],
+                                 cwd=REPO, stdout=subprocess.PIPE, check=True, text=True)
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"  {runs[-1]['wall_seconds']:.0f} s, {runs[-1]['peak_rss_mb']:.0f} MB peak", file=sys.stderr)
+    result = {"config": args.config, "overrides": args.overrides, "runs": runs,
+              "date": datetime.date.today().isoformat(), "machine": machine()}
+    publish(result, RESULTS, MARKERS, render_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
