@@ -78,6 +78,8 @@ def main() -> int:
     parser.add_argument("--config", default="configs/gptj-counterfact-10k.yaml")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--data", type=Path, default=COUNTERFACT, help="folder of counterfact-edit.json and counterfact-train.json")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results JSON to write")
+    parser.add_argument("--benchmarks-md", type=Path, default=None, help="the file whose table is rewritten")
     parser.add_argument("--child", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides for every run, anywhere on the line")
     args = parse_args(parser)
@@ -89,7 +91,8 @@ def main() -> int:
     from benchmarks.markdown_table import BENCHMARKS_MD, publish, table_markers
     from ftedit.tiny import build_tiny_model
 
-    table_markers("full-path-scale", BENCHMARKS_MD)  # a place to write, before the long runs
+    benchmarks_md = args.benchmarks_md or BENCHMARKS_MD
+    table_markers("full-path-scale", benchmarks_md)  # a place to write, before the long runs
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(Path(tmp) / "tiny")
@@ -104,7 +107,7 @@ def main() -> int:
             print(f"  {runs[-1]['wall_seconds']:.0f} s, {runs[-1]['peak_rss_mb']:.0f} MB peak", file=sys.stderr)
     result = {"config": args.config, "overrides": args.overrides, "runs": runs,
               "date": datetime.date.today().isoformat(), "machine": machine()}
-    publish(result, RESULTS, MARKERS, render_table(result))
+    publish(result, args.results, MARKERS, render_table(result), benchmarks_md)
     return 0
 
 
