@@ -12,8 +12,13 @@ generation, 10 prefixes + 10 random facts per edit, tokenization, scoring of the
 DeepSpeed ZeRO-2 LoRA training with checkpoints, the merged model saved, the edited model scored,
 the report written. A random model's edit scores mean nothing here; what is measured is that
 every stage runs at 10,000 edits, how each stage's time grows with the edits, and the driver's
-peak memory (each size runs in a fresh process). Results: benchmarks/results/full_path_scale.json
-and the BENCHMARKS.md table between the full-path-scale markers.
+peak memory (each size runs in a fresh process). Results: benchmarks/results/<output>.json and
+the BENCHMARKS.md table between the <output> markers (default `full-path-scale`).
+
+Past the file's 10,000 records, `--synthetic` edits CounterFact-shaped made-up requests instead
+(those of `dry_run_memory.py`, in JSONL parts of 10,000), with the same pool:
+
+    python benchmarks/full_path_scale.py --synthetic --sizes 1000 100000 --output full-path-scale-synthetic
 """
 
 import argparse
@@ -28,10 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.cli import parse_args  # noqa: E402
-from benchmarks.markdown_table import marker_lines  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results" / "full_path_scale.json"
-MARKERS = marker_lines("full-path-scale")
+RESULTS = REPO / "benchmarks" / "results"
 COUNTERFACT = REPO.parent / "shared" / "data" / "counterfact"
 
 # What a 2-core machine without a GPU changes in the GPU config; anything else stays as the user runs it.
@@ -68,7 +71,8 @@ def render_table(result: dict) -> str:
                  *(f"{r['stage_seconds'].get(s, 0):.0f}" for s in stages), f"{r['wall_seconds']:.0f}",
                  f"{r['train']['train_tokens_per_s']:,.0f}", f"{r['peak_rss_mb']:.0f}"]
         rows.append("| " + " | ".join(cells) + " |")
-    rows += ["", f"Config `{' '.join([result['config'], *result['overrides']])}` with a tiny random Llama "
+    requests = "synthetic CounterFact-shaped requests" if result.get("synthetic") else "the CounterFact file"
+    rows += ["", f"Config `{' '.join([result['config'], *result['overrides']])}` on {requests}, with a tiny random Llama "
                  f"and `{' '.join(CPU_OVERRIDES)}`; {result['date']}, {result['machine']}."]
     return "\n".join(rows)
 
@@ -78,7 +82,9 @@ def main() -> int:
     parser.add_argument("--config", default="configs/gptj-counterfact-10k.yaml")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--data", type=Path, default=COUNTERFACT, help="folder of counterfact-edit.json and counterfact-train.json")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="the results JSON to write")
+    parser.add_argument("--synthetic", action="store_true", help="made-up CounterFact-shaped requests, any number")
+    parser.add_argument("--output", default="full-path-scale", help="the table's markers in BENCHMARKS.md and the results JSON's name")
+    parser.add_argument("--results", type=Path, default=None, help="the results JSON to write (default: benchmarks/results/<output>.json)")
     parser.add_argument("--benchmarks-md", type=Path, default=None, help="the file whose table is rewritten")
     parser.add_argument("--child", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides for every run, anywhere on the line")
@@ -92,22 +98,29 @@ def main() -> int:
     from ftedit.tiny import build_tiny_model
 
     benchmarks_md = args.benchmarks_md or BENCHMARKS_MD
-    table_markers("full-path-scale", benchmarks_md)  # a place to write, before the long runs
+    markers = table_markers(args.output, benchmarks_md)  # a place to write, before the long runs
+    results = args.results or RESULTS / f"{args.output.replace('-', '_')}.json"
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(Path(tmp) / "tiny")
         for n in sorted(args.sizes):
-            overrides = [f"model.path={model}", f"data.requests={args.data / 'counterfact-edit.json'}",
-                         f"data.fact_pool={args.data / 'counterfact-train.json'}", f"data.limit={n}",
+            if args.synthetic:
+                from benchmarks.dry_run_memory import synthetic_requests
+
+                (Path(tmp) / f"requests-{n}").mkdir()
+                requests = [f"data.requests={synthetic_requests(n, Path(tmp) / f'requests-{n}')}", "data.limit=null"]
+            else:
+                requests = [f"data.requests={args.data / 'counterfact-edit.json'}", f"data.limit={n}"]
+            overrides = [f"model.path={model}", *requests, f"data.fact_pool={args.data / 'counterfact-train.json'}",
                          *CPU_OVERRIDES, *args.overrides, f"output.dir={Path(tmp) / f'run-{n}'}"]
             print(f"whole job with {n:,} edit requests ...", file=sys.stderr, flush=True)
             out = subprocess.run([sys.executable, __file__, "--child", args.config, *overrides],
                                  cwd=REPO, stdout=subprocess.PIPE, check=True, text=True)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  {runs[-1]['wall_seconds']:.0f} s, {runs[-1]['peak_rss_mb']:.0f} MB peak", file=sys.stderr)
-    result = {"config": args.config, "overrides": args.overrides, "runs": runs,
+    result = {"config": args.config, "overrides": args.overrides, "synthetic": args.synthetic, "runs": runs,
               "date": datetime.date.today().isoformat(), "machine": machine()}
-    publish(result, args.results, MARKERS, render_table(result), benchmarks_md)
+    publish(result, results, markers, render_table(result), benchmarks_md)
     return 0
 
 

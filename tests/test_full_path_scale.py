@@ -35,3 +35,21 @@ def test_the_paper_config_runs_whole_on_cpu_and_the_table_shows_each_stage(share
     table = md.read_text()
     assert "old" not in table and "| 30 (0) | 630 |" in table and "training (s)" in table
     assert "train.num_workers=1" in table  # what the CPU changed in the GPU config is said
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_synthetic_requests_go_past_the_file_under_their_own_table(shared_data, tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("<!-- full-path-scale:start -->\nkept\n<!-- full-path-scale:end -->\n"
+                  "<!-- fps-synthetic:start -->\n<!-- fps-synthetic:end -->\n")
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/full_path_scale.py", "--synthetic", "--sizes", "20", "--output", "fps-synthetic",
+         "--data", str(shared_data / "counterfact"), "--benchmarks-md", str(md), "--results", str(tmp_path / "r.json"),
+         "eval.fluency_tokens=10"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert run["n_edits"] == 20 and run["examples"]["by_kind"] == {"edit": 20, "paraphrase": 200, "random": 200}
+    assert "kept" in md.read_text() and "| 20 (0) | 420 |" in md.read_text() and "synthetic CounterFact-shaped" in md.read_text()
