@@ -177,8 +177,8 @@ def training_dataset(cfg: RunConfig, inputs: Inputs, augmentation: Augmentation)
         # Evaluation prompts are never trained on, or the scores would measure memorised probes:
         # CounterFact has edits whose prompt is another edit's neighbourhood prompt, or its own paraphrase.
         log.warning("%d edit prompt(s) are also evaluation prompts of this run (another edit's neighbourhood or "
-                    "paraphrase prompt, or the edit's own) and are trained only behind pseudo-paraphrase prefixes",
-                    held_back)
+                    "paraphrase prompt, or the edit's own): they are trained only behind their pseudo-paraphrase "
+                    "prefixes%s", held_back, "" if cfg.augment.n_paraphrase else ", and this run has none")
     if cfg.augment.continuation_tokens:  # show what the edits are anchored with (a few rows)
         for row in dataset.filter(lambda r: r["kind"] == "edit").select_columns(
                 ["prompt", "target", "continuation"]).take(3):
