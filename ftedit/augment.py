@@ -123,6 +123,27 @@ def with_prefix(prefix: str, prompt: str) -> str:
     return f"{prefix}. {prompt}"
 
 
+def skip_over(positions: list[int], excluded: set[int]) -> list[int]:
+    """The pool index of each position in the pool with `excluded` taken out, in order.
+
+    `rng.sample(range(n - len(excluded)), k)` then `skip_over` draws exactly what sampling the
+    list of non-excluded indices would, without building that list: per edit, O(k x excluded)
+    instead of O(pool), which at 100,000 edits and a 100,000-fact pool is the difference
+    between milliseconds and hours.
+    """
+    taken = sorted(excluded)
+    indices = []
+    for position in positions:
+        index = position
+        for t in taken:  # ascending: each excluded index at or below the running index moves it up one
+            if t <= index:
+                index += 1
+            else:
+                break
+        indices.append(index)
+    return indices
+
+
 def augment_request(
     request: EditRequest,
     prefixes: list[str],
@@ -162,8 +183,8 @@ def augment_request(
         chosen.add(index)
         add(pool[index].prompt, pool[index].target, "similar")
     # Random facts are drawn among those not already chosen as similar ones.
-    candidates = [i for i in range(len(pool)) if i not in chosen] if chosen else range(len(pool))
-    for index in rng.sample(candidates, min(cfg.n_random, len(candidates))):
+    n_candidates = len(pool) - len(chosen)
+    for index in skip_over(rng.sample(range(n_candidates), min(cfg.n_random, n_candidates)), chosen):
         chosen.add(index)
         add(pool[index].prompt, pool[index].target, "random")
     if cfg.n_same_answer and request.target_true and by_answer:

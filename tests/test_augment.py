@@ -168,3 +168,19 @@ def test_prefixes_are_generated_by_the_model_and_reproducible(tiny_model):
     assert first != generate_prefixes(model, tok, cfg, seed=2)
     assert len(first) == 6 and sum(p.startswith("The") for p in first) == 3
     assert all("\n" not in p and "{" not in p for p in first)
+
+
+def test_skip_over_draws_what_sampling_the_list_of_candidates_draws():
+    import random
+
+    from ftedit.augment import skip_over
+
+    for trial in range(300):
+        rng = random.Random(trial)
+        # Small pools (random.sample copies the population) and large ones (it picks indices).
+        n = rng.randint(1, 60) if trial % 2 else rng.randint(200, 3000)
+        excluded = set(rng.sample(range(n), rng.randint(0, min(n - 1, 40))))
+        k = rng.randint(0, min(n - len(excluded), 15))
+        candidates = [i for i in range(n) if i not in excluded]  # what augmentation built before, per edit
+        expected = random.Random(f"draw{trial}").sample(candidates, k)
+        assert skip_over(random.Random(f"draw{trial}").sample(range(len(candidates)), k), excluded) == expected
