@@ -14,6 +14,7 @@ shards the requests. Evaluation prompts of every edit in the run are never train
 from __future__ import annotations
 
 import random
+from bisect import bisect_left
 from collections import defaultdict
 
 import numpy as np
@@ -124,10 +125,11 @@ def with_prefix(prefix: str, prompt: str) -> str:
 
 
 def skip_over(positions: list[int], excluded: set[int]) -> list[int]:
-    """The pool index of each position in the pool with `excluded` taken out, in order.
+    """Each position of a sequence with the positions `excluded` taken out, as a position of the
+    whole sequence, in order.
 
     `rng.sample(range(n - len(excluded)), k)` then `skip_over` draws exactly what sampling the
-    list of non-excluded indices would, without building that list: per edit, O(k x excluded)
+    list of non-excluded items would, without building that list: per edit, O(k x excluded)
     instead of O(pool), which at 100,000 edits and a 100,000-fact pool is the difference
     between milliseconds and hours.
     """
@@ -190,8 +192,13 @@ def augment_request(
     if cfg.n_same_answer and request.target_true and by_answer:
         # A generator of its own: adding these facts leaves the other draws of a seed unchanged.
         same_rng = random.Random(f"{seed}:{request.case_id}:same_answer")
-        same = [i for i in by_answer.get(normalize(request.target_true), ()) if i not in chosen]
-        for index in same_rng.sample(same, min(cfg.n_same_answer, len(same))):
+        group = by_answer.get(normalize(request.target_true), [])  # ascending pool indices
+        # Positions of the facts already chosen within the group, found by bisection: the group of a
+        # common answer ("English") can be a large share of the pool, too long to filter per edit.
+        taken = {at for at in (bisect_left(group, i) for i in chosen) if at < len(group) and group[at] in chosen}
+        n_same = len(group) - len(taken)
+        for at in skip_over(same_rng.sample(range(n_same), min(cfg.n_same_answer, n_same)), taken):
+            index = group[at]
             add(pool[index].prompt, pool[index].target, "same_answer")
     return examples
 

@@ -184,3 +184,38 @@ def test_skip_over_draws_what_sampling_the_list_of_candidates_draws():
         candidates = [i for i in range(n) if i not in excluded]  # what augmentation built before, per edit
         expected = random.Random(f"draw{trial}").sample(candidates, k)
         assert skip_over(random.Random(f"draw{trial}").sample(range(len(candidates)), k), excluded) == expected
+
+
+def _draws_as_before(request, pool, similar, cfg, seed, by_answer):
+    """The unedited-fact draws as augmentation made them before 2026-12-07, filtering the pool
+    and the answer group per edit: the faster draws must pick exactly these facts."""
+    import random
+
+    rng = random.Random(f"{seed}:{request.case_id}")
+    chosen, drawn = set(similar[: cfg.n_similar]), [("similar", i) for i in similar[: cfg.n_similar]]
+    candidates = [i for i in range(len(pool)) if i not in chosen] if chosen else range(len(pool))
+    for index in rng.sample(candidates, min(cfg.n_random, len(candidates))):
+        chosen.add(index)
+        drawn.append(("random", index))
+    same_rng = random.Random(f"{seed}:{request.case_id}:same_answer")
+    same = [i for i in by_answer.get(normalize(request.target_true), ()) if i not in chosen]
+    drawn += [("same_answer", i) for i in same_rng.sample(same, min(cfg.n_same_answer, len(same)))]
+    return drawn
+
+
+def test_random_and_same_answer_draws_are_those_of_filtering_the_pool_per_edit():
+    import random
+
+    rng = random.Random(0)
+    for trial in range(60):
+        # A pool where one answer dominates (the case that made per-edit filtering slow).
+        pool = [Fact(f"Fact {i} is about", rng.choice(["English"] * 6 + ["French", "Dutch"]), f"S{i}")
+                for i in range(rng.randint(5, 400))]
+        by_answer = answer_index(pool)
+        similar = rng.sample(range(len(pool)), min(len(pool), rng.randint(0, 6)))
+        cfg = AugmentConfig(n_paraphrase=0, prefix_bank=2, n_random=rng.randint(0, 8),
+                            n_similar=len(similar), n_same_answer=rng.randint(0, 8))
+        request = replace(EDIT, case_id=str(trial), target_true=rng.choice(["English", "French", "Dutch"]))
+        examples = augment_request(request, [], pool, similar, cfg, seed=trial, by_answer=by_answer)
+        got = [(e["kind"], int(e["prompt"].split()[1])) for e in examples if e["kind"] != "edit"]
+        assert got == _draws_as_before(request, pool, similar, cfg, trial, by_answer), trial
