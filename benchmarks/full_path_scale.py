@@ -18,7 +18,7 @@ the BENCHMARKS.md table between the <output> markers (default `full-path-scale`)
 Past the file's 10,000 records, `--synthetic` edits CounterFact-shaped made-up requests instead
 (those of `dry_run_memory.py`, in JSONL parts of 10,000), with the same pool:
 
-    python benchmarks/full_path_scale.py --synthetic --sizes 1000 100000 --output full-path-scale-synthetic
+    python benchmarks/full_path_scale.py --synthetic --sizes 1000 30000 --output full-path-scale-synthetic
 """
 
 import argparse
