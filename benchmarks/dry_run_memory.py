@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import random
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -52,8 +51,7 @@ def synthetic_requests(n: int, directory: Path) -> str:
 
 def child(config: str, requests: str, overrides: list[str]) -> None:
     """One dry run in this process; prints its plan and this process's peak RSS as JSON."""
-    import resource
-
+    from benchmarks.fresh_process import peak_rss_mb, print_result
     from ftedit.config import load_config
     from ftedit.logs import show_progress
     from ftedit.pipeline import plan_run
@@ -61,8 +59,7 @@ def child(config: str, requests: str, overrides: list[str]) -> None:
     show_progress()
     cfg = load_config(config, [f"data.requests={requests}", "data.limit=null", *overrides])
     plan = plan_run(cfg)
-    plan["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(plan))
+    print_result(plan | {"peak_rss_mb": peak_rss_mb()})
 
 
 def render_table(result: dict) -> str:
@@ -89,6 +86,7 @@ def main() -> int:
         child(*args.child, args.overrides)
         return 0
 
+    from benchmarks.fresh_process import child_result
     from benchmarks.host import machine
 
     runs = []
@@ -96,9 +94,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             pattern = synthetic_requests(n, Path(tmp))
             print(f"dry run with {n:,} synthetic requests ...", file=sys.stderr, flush=True)
-            out = subprocess.run([sys.executable, __file__, "--child", args.config, pattern, *args.overrides],
-                                 cwd=REPO, stdout=subprocess.PIPE, check=True, text=True)
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs.append(child_result([__file__, "--child", args.config, pattern, *args.overrides],
+                                     f"dry run with {n:,} requests", cwd=REPO))
             print(f"  {runs[-1]['peak_rss_mb']:.0f} MB peak, {runs[-1]['wall_seconds']:.0f} s", file=sys.stderr)
     result = {"config": args.config, "overrides": args.overrides, "runs": runs,
               "date": datetime.date.today().isoformat(), "machine": machine()}

@@ -23,8 +23,6 @@ Past the file's 10,000 records, `--synthetic` edits CounterFact-shaped made-up r
 
 import argparse
 import datetime
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -47,8 +45,7 @@ CPU_OVERRIDES = [
 
 def child(config: str, overrides: list[str]) -> None:
     """One run in this process; prints its summary and this process's peak RSS as JSON."""
-    import resource
-
+    from benchmarks.fresh_process import peak_rss_mb, print_result
     from ftedit.config import load_config
     from ftedit.logs import show_progress
     from ftedit.pipeline import run_mass_edit
@@ -57,8 +54,7 @@ def child(config: str, overrides: list[str]) -> None:
     summary = run_mass_edit(load_config(config, overrides))
     keep = ("n_edits", "wall_seconds", "examples", "train", "stage_seconds", "after")
     result = {k: summary[k] for k in keep} | {"skipped": len(summary["skipped"])}
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(result))
+    print_result(result | {"peak_rss_mb": peak_rss_mb()})
 
 
 def render_table(result: dict) -> str:
@@ -93,6 +89,7 @@ def main() -> int:
         child(args.child, args.overrides)
         return 0
 
+    from benchmarks.fresh_process import child_result
     from benchmarks.host import machine
     from benchmarks.markdown_table import BENCHMARKS_MD, publish, table_markers
     from ftedit.tiny import build_tiny_model
@@ -114,9 +111,7 @@ def main() -> int:
             overrides = [f"model.path={model}", *requests, f"data.fact_pool={args.data / 'counterfact-train.json'}",
                          *CPU_OVERRIDES, *args.overrides, f"output.dir={Path(tmp) / f'run-{n}'}"]
             print(f"whole job with {n:,} edit requests ...", file=sys.stderr, flush=True)
-            out = subprocess.run([sys.executable, __file__, "--child", args.config, *overrides],
-                                 cwd=REPO, stdout=subprocess.PIPE, check=True, text=True)
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs.append(child_result([__file__, "--child", args.config, *overrides], f"run with {n:,} edits", cwd=REPO))
             print(f"  {runs[-1]['wall_seconds']:.0f} s, {runs[-1]['peak_rss_mb']:.0f} MB peak", file=sys.stderr)
     result = {"config": args.config, "overrides": args.overrides, "synthetic": args.synthetic, "runs": runs,
               "date": datetime.date.today().isoformat(), "machine": machine()}

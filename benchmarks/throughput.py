@@ -33,12 +33,10 @@ machine: on 2 cores anything else running distorts it.
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import pickle
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.markdown_table import publish, table_markers  # noqa: E402
+from benchmarks.fresh_process import child_result, print_result  # noqa: E402
 from benchmarks.host import machine  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 from ftedit.logs import show_progress  # noqa: E402
@@ -191,8 +190,8 @@ def with_resolved_precision(cfg):
 
 
 def run_child(path: str, cfg, model_path, batches_file: Path) -> None:
-    """In a `--child` process: one measurement of `path` over the saved micro-batches, printed as
-    the last line (`RESULT {...}`)."""
+    """In a `--child` process: one measurement of `path` over the saved micro-batches, printed for
+    the parent (`fresh_process.print_result`)."""
     import torch
 
     torch.set_num_threads(cfg.train.torch_threads or os.cpu_count() or 1)  # as the one worker sets it
@@ -200,19 +199,15 @@ def run_child(path: str, cfg, model_path, batches_file: Path) -> None:
         epochs = pickle.load(f)  # written by this benchmark's parent process a moment ago
     if path == "deepspeed":
         join_single_process_group(cfg.train.use_gpu)
-    print("RESULT " + json.dumps(CHILD_PATHS[path](cfg, model_path, epochs)), flush=True)
+    print_result(CHILD_PATHS[path](cfg, model_path, epochs))
 
 
 def measure_in_child(path: str, args, overrides: list[str], model_path, batches_file: Path) -> dict:
     """One measurement of `path` in a fresh process (this script with `--child`)."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--config", str(Path(args.config).resolve()),
+    command = [str(Path(__file__).resolve()), "--config", str(Path(args.config).resolve()),
                "--edits", str(args.edits), "--epochs", str(args.epochs), "--child", path,
                "--model-path", str(model_path), "--batches", str(batches_file), *overrides]
-    done = subprocess.run(command, capture_output=True, text=True)
-    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not results:
-        raise RuntimeError(f"the {path} measurement failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(results[-1][len("RESULT "):])
+    return child_result(command, f"{path} measurement", show_progress=False)
 
 
 def join_single_process_group(use_gpu: bool = False) -> None:
