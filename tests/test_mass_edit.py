@@ -35,19 +35,20 @@ def test_outputs_are_complete(smoke_run):
         assert (out / name).is_file(), name
     assert not out.with_name(out.name + ".incomplete").exists()
     summary = json.loads((out / "summary.json").read_text())
+    report = (out / "report.md").read_text()
     assert summary["n_edits"] == 6 and summary["wall_seconds"] > 0
     stages = summary["stage_seconds"]  # where the time went, stage by stage, in run order
     assert list(stages) == ["read requests, prefixes", "training examples", "unedited evaluation", "training",
                             "merged model saved", "edited evaluation"]
     assert all(t >= 0 for t in stages.values()) and 0 < sum(stages.values()) <= summary["wall_seconds"] + 0.5
-    assert "Wall time, end to end: " in (out / "report.md").read_text() and " s (read requests, prefixes " in (out / "report.md").read_text()
+    assert "Wall time, end to end: " in report and " s (read requests, prefixes " in report
     for side in ("before", "after"):
         for key in ("efficacy", "generalization", "locality", "edit_score", "es", "ps", "ns", "em", "pm", "nm"):
             assert 0 <= abs(summary[side][key]) <= 100, (side, key)
     rows = [json.loads(line) for line in (out / "per_edit.jsonl").read_text().splitlines()]
     assert [r["case_id"] for r in rows] == [f"sample-{i}" for i in range(6)]
     assert len(json.loads((out / "prefixes.json").read_text())) == 8
-    assert "| Efficacy |" in (out / "report.md").read_text()
+    assert "| Efficacy |" in report
     assert "edit score" in proc.stdout  # the one-line result for the user
     assert "loss" in proc.stderr and "tokens/s" in proc.stderr  # progress while training
     # ... and while the scoring actors evaluate (Ray workers log nothing at INFO unless told to)
