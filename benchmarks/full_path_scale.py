@@ -45,16 +45,26 @@ CPU_OVERRIDES = [
 
 def child(config: str, overrides: list[str]) -> None:
     """One run in this process; prints its summary and this process's peak RSS as JSON."""
-    from benchmarks.fresh_process import peak_rss_mb, print_result
+    from benchmarks.fresh_process import MemorySampler, peak_rss_mb, print_result
+    from ftedit import pipeline
     from ftedit.config import load_config
     from ftedit.logs import show_progress
-    from ftedit.pipeline import run_mass_edit
 
     show_progress()
-    summary = run_mass_edit(load_config(config, overrides))
+    # The driver's memory per stage, taken where the run's own stage clock laps.
+    sampler = MemorySampler()
+    lap = pipeline.StageClock.lap
+
+    def lap_and_mark(clock, stage):
+        sampler.mark(stage)
+        lap(clock, stage)
+
+    pipeline.StageClock.lap = lap_and_mark
+    summary = pipeline.run_mass_edit(load_config(config, overrides))
+    sampler.mark("report")
     keep = ("n_edits", "wall_seconds", "examples", "train", "stage_seconds", "after")
     result = {k: summary[k] for k in keep} | {"skipped": len(summary["skipped"])}
-    print_result(result | {"peak_rss_mb": peak_rss_mb()})
+    print_result(result | {"peak_rss_mb": peak_rss_mb(), "driver_memory_mb": sampler.stop()})
 
 
 def render_table(result: dict) -> str:
@@ -68,9 +78,26 @@ def render_table(result: dict) -> str:
                  f"{r['train']['train_tokens_per_s']:,.0f}", f"{r['peak_rss_mb']:.0f}"]
         rows.append("| " + " | ".join(cells) + " |")
     requests = "synthetic CounterFact-shaped requests" if result.get("synthetic") else "the CounterFact file"
+    if all("driver_memory_mb" in r for r in result["runs"]):
+        rows += ["", *memory_table(result["runs"])]
     rows += ["", f"Config `{' '.join([result['config'], *result['overrides']])}` on {requests}, with a tiny random Llama "
                  f"and `{' '.join(CPU_OVERRIDES)}`; {result['date']}, {result['machine']}."]
     return "\n".join(rows)
+
+
+def memory_table(runs: list[dict]) -> list[str]:
+    """The driver's most resident memory in each stage, and how much of it was shared memory
+    (Ray's object store blocks the driver mapped while reading them) against its own heap."""
+    stages = list(runs[0]["driver_memory_mb"])
+    rows = ["Driver memory by stage, MB: most resident (anonymous + shared) while the stage ran.", "",
+            "| edits | " + " | ".join(stages) + " |", "|---:|" + "---|" * len(stages)]
+    for r in runs:
+        cells = []
+        for stage in stages:
+            m = r["driver_memory_mb"].get(stage, {})
+            cells.append(f"{m.get('VmRSS', 0):.0f} ({m.get('RssAnon', 0):.0f} + {m.get('RssShmem', 0):.0f})")
+        rows.append(f"| {r['n_edits']:,} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def main() -> int:
