@@ -203,6 +203,10 @@ def open_requests(data: DataConfig) -> RequestSource:
     valid = np.nonzero(~failed)[0]
     clashes = cross_record_conflicts(keys["record"][valid], keys["case_id_key"][valid],
                                      keys["prompt_key"][valid], keys["target_key"][valid])
+    if data.on_invalid != "skip" and clashes:
+        # Only the first bad record is reported: spell out one clash (a big file may hold thousands).
+        first = min(clashes)
+        clashes = {} if errors and min(errors) < first else {first: clashes[first]}
     errors.update(_clash_errors(parsed, clashes, keys["record"][valid], paths))
     if errors and data.on_invalid != "skip":
         raise errors[min(errors)]

@@ -73,6 +73,27 @@ def test_errors_name_file_record_and_field_across_files(ray_local, tmp_path):
     assert [r.case_id for r in all_requests(source)] == ["c0", "c1", "c2"]
 
 
+def test_with_on_invalid_error_only_the_first_clash_is_spelled_out(ray_local, tmp_path, monkeypatch):
+    import ftedit.request_dataset as request_dataset
+
+    # Three records that edit an earlier record's prompt to another answer, then a bad field.
+    records = [edit(i) for i in range(4)] + [
+        edit(10 + i, prompt=f"The home town of Person{i} is", subject=f"Person{i}", target_new="Rome") for i in range(3)]
+    pattern = write_parts(tmp_path, [records + [edit(20, target_new="")]])
+    fetched = []
+    rows_at = request_dataset._rows_at
+    monkeypatch.setattr(request_dataset, "_rows_at",
+                        lambda ds, column, wanted: fetched.append(list(wanted)) or rows_at(ds, column, wanted))
+    with pytest.raises(RequestError) as info:
+        open_requests(DataConfig(requests=pattern))
+    assert (info.value.index, info.value.case_id) == (4, "c10") and "edits the same prompt" in info.value.message
+    assert fetched == [[0, 4]]  # the rows of the first clash and of the record it clashes with, no more
+    # With skip, every clash is spelled out, as before.
+    fetched.clear()
+    source = open_requests(DataConfig(requests=pattern, on_invalid="skip"))
+    assert [e.index for e in source.skipped] == [4, 5, 6, 7] and fetched[0] == [0, 1, 2, 4, 5, 6]
+
+
 def test_bad_files_fail_with_the_files_error(ray_local, tmp_path):
     with pytest.raises(RequestError, match="no file matches"):
         open_requests(DataConfig(requests=str(tmp_path / "none-*.jsonl")))
