@@ -36,11 +36,11 @@ def augment_batch(batch: dict, prefixes, pool, cfg, seed, forbidden, by_answer=N
 
 
 class OwnAnswers:
-    """Ray Data stage (locality_target=model): locality facts keep the unedited model's own answer.
+    """Ray Data stage (locality_target=model): the unedited model's own answer to each prompt.
 
-    Greedy-decodes a few tokens per unique locality prompt of the batch (in left-padded batches,
-    in the context training uses: no special tokens) and cuts at the first line break or sentence
-    end, so the model is trained to keep saying what it said.
+    Greedy-decodes a few tokens per prompt (in left-padded batches, in the context training uses:
+    no special tokens) and cuts at the first line break or sentence end, so the model is trained
+    to keep saying what it said. Rows in: `prompt`; out: `prompt`, `answer`.
     """
 
     def __init__(self, model_path: str, dtype: str, max_new_tokens: int, batch_size: int = 32):
@@ -59,13 +59,50 @@ class OwnAnswers:
         return [first_clause(text) for text in generated]
 
     def __call__(self, batch: dict) -> dict:
-        targets = batch["target"].copy()
-        local = [i for i, kind in enumerate(batch["kind"]) if kind in LOCALITY_KINDS]
-        prompts = list(dict.fromkeys(batch["prompt"][i] for i in local))
-        answers = dict(zip(prompts, self.answers(prompts))) if prompts else {}
-        for i in local:
-            targets[i] = answers[batch["prompt"][i]] or targets[i]  # an empty answer keeps the gold one
-        return {**batch, "target": targets}
+        answers = self.answers([str(p) for p in batch["prompt"]])
+        return {"prompt": batch["prompt"], "answer": np.array(answers, dtype=object)}
+
+
+def _locality_prompts(batch: dict) -> dict:
+    """Ray Data stage: the distinct prompts of a batch's locality facts, and how many rows they fill."""
+    local = np.isin(batch["kind"].astype(str), LOCALITY_KINDS)
+    prompts, rows = np.unique(batch["prompt"][local].astype(str), return_counts=True)
+    return {"prompt": prompts.astype(object), "rows": rows.astype(np.int64)}
+
+
+def _with_answers(batch: dict, answers: dict[str, str]) -> dict:
+    """Ray Data stage: locality facts' targets set to the model's answers (an empty answer keeps the gold one)."""
+    targets = batch["target"].copy()
+    for i, (kind, prompt) in enumerate(zip(batch["kind"], batch["prompt"])):
+        if kind in LOCALITY_KINDS:
+            targets[i] = answers.get(prompt) or targets[i]
+    return {**batch, "target": targets}
+
+
+def with_own_answers(ds, cfg: RunConfig, model_path: str):
+    """The examples with their locality facts' targets replaced by the unedited model's own answers.
+
+    Each distinct locality prompt is answered once, however many edits drew it: 10,000 edits
+    with 10 facts each from a pool of 8,000 draw most pool facts a dozen times, and generation is
+    what costs. The distinct prompts (at most the usable pool, which the driver holds already)
+    and their answers pass through the driver; the examples stay on the cluster.
+    """
+    import ray
+
+    ds = ds.materialize()  # read twice: for its locality prompts, then to set their targets
+    prompts: set[str] = set()
+    uses = 0
+    for batch in ds.map_batches(_locality_prompts, batch_size=4096).iter_batches(batch_size=None, batch_format="numpy"):
+        prompts.update(batch["prompt"].tolist())
+        uses += int(batch["rows"].sum())
+    if not prompts:
+        return ds
+    log.info("locality targets: the unedited model answers %d distinct prompts (%d locality facts)", len(prompts), uses)
+    distinct = ray.data.from_items([{"prompt": p} for p in sorted(prompts)])
+    answered = on_model_actors(distinct, cfg, OwnAnswers, (model_path, cfg.model.dtype, cfg.augment.locality_target_tokens),
+                               256, count_rows=True)
+    answers = {str(row["prompt"]): str(row["answer"]) for row in answered.iter_rows()}
+    return ds.map_batches(_with_answers, fn_kwargs={"answers": answers}, batch_size=1024)
 
 
 def first_clause(text: str) -> str:
@@ -155,8 +192,8 @@ def build_training_dataset(
         batch_size=256,
     )
     if own_answers:
-        ds = on_model_actors(ds, cfg, OwnAnswers, (model_path, cfg.model.dtype, cfg.augment.locality_target_tokens), 256)
-    if cfg.eval.actors > 1 and (cfg.augment.continuation_tokens or own_answers):
+        ds = with_own_answers(ds, cfg, model_path)
+    if cfg.eval.actors > 1 and cfg.augment.continuation_tokens:
         # Several replicas may hold every CPU of a small cluster: let them finish before the
         # tokenizer's actor and the shuffle's tasks ask for one (Ray Data would wait forever).
         ds = ds.materialize()

@@ -7,26 +7,53 @@ from ftedit.dataset import OwnAnswers, augment_batch, first_clause
 from ftedit.requests import EditRequest, Fact
 
 
-def test_locality_facts_get_the_unedited_models_own_greedy_answer(tiny_model):
+def _greedy_alone(stage, prompt: str, gold: str = "") -> str:
+    """What OwnAnswers should answer for `prompt`: greedy decoding of the prompt alone."""
     import torch
 
+    ids = stage.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        alone = stage.model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    return first_clause(stage.tokenizer.decode(alone[0, ids.shape[1]:], skip_special_tokens=True)) or gold
+
+
+def test_own_answers_are_the_unedited_models_greedy_answers(tiny_model):
     stage = OwnAnswers(str(tiny_model), "float32", max_new_tokens=3)
     stage.tokenizer.add_bos_token = True  # as Llama's: answers must still come from the training context
-    prompts = ["The capital of France is", "The capital of Spain is", "The capital of Spain is", "Paris lies on the"]
-    batch = {
-        "case_id": np.array(["1", "1", "1", "1"], dtype=object),
-        "prompt": np.array(prompts, dtype=object),
-        "target": np.array(["Rome", "Madrid", "Madrid", "Seine"], dtype=object),
-        "kind": np.array(["edit", "random", "similar", "random"], dtype=object),
-    }
-    out = stage(batch)  # the two locality prompts differ in length: one left-padded batch
-    assert out["target"][0] == "Rome"  # edits keep their new target
-    for i, gold in ((1, "Madrid"), (2, "Madrid"), (3, "Seine")):
-        ids = stage.tokenizer(prompts[i], add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            alone = stage.model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
-        own = first_clause(stage.tokenizer.decode(alone[0, ids.shape[1]:], skip_special_tokens=True))
-        assert out["target"][i] == (own or gold)  # an empty greedy answer keeps the gold one
+    prompts = ["The capital of Spain is", "Paris lies on the"]
+    out = stage({"prompt": np.array(prompts, dtype=object)})  # different lengths: one left-padded batch
+    assert list(out["prompt"]) == prompts
+    assert list(out["answer"]) == [_greedy_alone(stage, p) for p in prompts]
+
+
+def test_locality_facts_get_the_models_own_answer_computed_once_per_distinct_prompt(tiny_model, caplog):
+    import logging
+
+    import ray
+
+    from ftedit.config import RunConfig, from_dict
+    from ftedit.dataset import with_own_answers
+
+    rows = [("edit", "The capital of France is", "Rome"), ("random", "The capital of Spain is", "Madrid"),
+            ("similar", "The capital of Spain is", "Madrid"), ("random", "Paris lies on the", "Seine"),
+            ("paraphrase", "I see. The capital of France is", "Rome"), ("same_answer", "Paris lies on the", "Seine")]
+    cfg = from_dict(RunConfig, {"model": {"dtype": "float32"}, "augment": {"locality_target": "model",
+                                                                            "locality_target_tokens": 3}})
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    try:
+        ds = ray.data.from_items([{"case_id": str(i // 3), "kind": k, "prompt": p, "target": t}
+                                  for i, (k, p, t) in enumerate(rows)], override_num_blocks=2)
+        with caplog.at_level(logging.INFO, logger="ftedit.dataset"):
+            out = with_own_answers(ds, cfg, str(tiny_model)).take_all()
+    finally:
+        ray.shutdown()
+    # Two distinct prompts among four locality facts (across both blocks): two answers generated.
+    assert "the unedited model answers 2 distinct prompts (4 locality facts)" in caplog.text
+    stage = OwnAnswers(str(tiny_model), "float32", max_new_tokens=3)
+    expected = [t if k in ("edit", "paraphrase") else _greedy_alone(stage, p, gold=t) for k, p, t in rows]
+    assert [r["target"] for r in out] == expected  # edits keep their new target; rows keep their order
+    assert [r["kind"] for r in out] == [k for k, _, _ in rows]
 
 
 def test_first_clause_cuts_a_generated_answer_at_its_first_line_or_sentence_end():
