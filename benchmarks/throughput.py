@@ -402,9 +402,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(args.config, [*args.overrides, *fixed, f"output.dir={tmp}/run"])
         inputs = load_inputs(cfg)
-        model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
-        augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
-        del model
+        augmentation = prepare_augmentation(cfg, inputs)
         dataset, counts = training_dataset(cfg, inputs, augmentation)
         batches_file = Path(tmp) / "micro_batches.pkl"
         with open(batches_file, "wb") as f:

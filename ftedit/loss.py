@@ -66,10 +66,14 @@ def check_packing(model, pad_id: int) -> None:
     """
     sequences = [[11, 12, 13, 14], [21, 22, 23]]
     labels = [[IGNORE_INDEX, 12, 13, 14], [IGNORE_INDEX, 22, 23]]
-    packed, _, _ = target_logits(model, pack_batch(sequences, labels, pad_id, row_length=64))
-    alone = torch.cat(
-        [target_logits(model, pack_batch([s], [l], pad_id, row_length=64))[0] for s, l in zip(sequences, labels)]
-    )
+    device = next(model.parameters()).device
+
+    def logits(rows, row_labels):
+        batch = {k: v.to(device) for k, v in pack_batch(rows, row_labels, pad_id, row_length=64).items()}
+        return target_logits(model, batch)[0]
+
+    packed = logits(sequences, labels)
+    alone = torch.cat([logits([s], [l]) for s, l in zip(sequences, labels)])
     tolerance = 1e-3 if packed.dtype == torch.float32 else 5e-2  # bf16/fp16 kernels differ by width
     if packed.shape != alone.shape or not torch.allclose(packed.float(), alone.float(), atol=tolerance, rtol=tolerance):
         raise RuntimeError(

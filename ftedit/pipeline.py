@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftedit.assets import resolve_model_path
-from ftedit.augment import DigestSet, generate_prefixes
+from ftedit.augment import DigestSet
 from ftedit.checkpoint import copy_trained_weights
 from ftedit.config import ConfigError, RunConfig, dump_config, load_config
 from ftedit.evaluate import metric_kind
-from ftedit.loss import check_packing
-from ftedit.model import load_causal_lm, load_edited, pad_token_id
+from ftedit.merge import save_merged
 from ftedit.report import render_markdown, write_json, write_per_edit
 from ftedit.request_dataset import RequestSource, open_requests, pool_exclusions
 from ftedit.requests import Fact, load_fact_pool
@@ -149,12 +148,53 @@ def check_usable_pool(cfg: RunConfig, inputs: Inputs, usable: list[Fact]) -> Non
                     "over more facts", n_edits, len(usable), n_edits * min(cfg.augment.n_unedited, len(usable)) / len(usable))
 
 
-def prepare_augmentation(cfg: RunConfig, inputs: Inputs, model, tokenizer) -> Augmentation:
-    """Exclude evaluation prompts and edited subjects from the pool (on the cluster), and generate
-    the prefixes with the model being edited."""
+def _check_model_and_generate_prefixes(model_path: str, cfg: RunConfig) -> tuple[list[str], str]:
+    """(prefixes, "") or ([], why the model cannot be trained on packed rows): a Ray task."""
+    from ftedit.augment import generate_prefixes
+    from ftedit.loss import check_packing
+    from ftedit.model import load_causal_lm, pad_token_id, to_assigned_gpu
+
+    if not cfg.eval.gpus_per_actor:
+        import torch
+
+        # Ray sets OMP_NUM_THREADS to the task's CPUs (often 1); it runs alone, so use the node's
+        # cores, as a driver would: the same prefixes as generated there.
+        torch.set_num_threads(cfg.eval.torch_threads or os.cpu_count() or 1)
+    model, tokenizer = load_causal_lm(model_path, cfg.model.dtype)
+    to_assigned_gpu(model)
+    try:
+        check_packing(model, pad_token_id(tokenizer))
+    except RuntimeError as exc:
+        return [], str(exc)
+    return (generate_prefixes(model, tokenizer, cfg.augment, cfg.seed) if cfg.augment.n_paraphrase else []), ""
+
+
+def check_model_and_generate_prefixes(cfg: RunConfig, model_path: Path, use_gpus: bool = True) -> list[str]:
+    """Fail before any work if the model would mix packed rows (`loss.check_packing`), and sample
+    the pseudo-paraphrase prefixes with it.
+
+    Both run on a Ray worker with a scoring actor's resources (`eval.gpus_per_actor`), not in the
+    driver: the driver, on a CPU head node, never loads the model, whose weights (140 GB for a
+    70B model in bf16) need not fit its memory. `use_gpus=False` (a dry run, which plans a job
+    before anyone pays for GPU nodes, and may run where there are none) asks for one CPU only.
+    """
+    import ray
+
+    resources = {"num_cpus": cfg.eval.cpus_per_actor, "num_gpus": cfg.eval.gpus_per_actor or None} if use_gpus else {
+        "num_cpus": min(1.0, cfg.eval.cpus_per_actor)}
+    task = ray.remote(_check_model_and_generate_prefixes).options(**resources)
+    prefixes, packing_error = ray.get(task.remote(str(model_path), cfg))
+    if packing_error:
+        raise RuntimeError(packing_error)
+    return prefixes
+
+
+def prepare_augmentation(cfg: RunConfig, inputs: Inputs, use_gpus: bool = True) -> Augmentation:
+    """Exclude evaluation prompts and edited subjects from the pool (on the cluster), check the
+    model and generate the prefixes with it (on a Ray worker; with GPUs unless `use_gpus` is False)."""
     pool, forbidden = pool_exclusions(inputs.source, inputs.pool)
     check_usable_pool(cfg, inputs, pool)
-    prefixes = generate_prefixes(model, tokenizer, cfg.augment, cfg.seed) if cfg.augment.n_paraphrase else []
+    prefixes = check_model_and_generate_prefixes(cfg, inputs.model_path, use_gpus)
     embedder = None
     if cfg.augment.n_similar:
         embedder = str(resolve_model_path(cfg.augment.embedding_model, cfg.model.cache_dir))
@@ -195,9 +235,7 @@ def plan_run(cfg: RunConfig) -> dict:
 
     started = time.perf_counter()
     inputs = load_inputs(cfg)
-    model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
-    augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
-    del model
+    augmentation = prepare_augmentation(cfg, inputs, use_gpus=False)  # no GPU node started for a plan
     _, counts = training_dataset(cfg, inputs, augmentation)
     steps = optimizer_steps(counts["examples"], cfg.train)
     return {
@@ -230,9 +268,9 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     inputs = load_inputs(cfg)
     source, kind = inputs.source, inputs.kind
     # 2. Augmentation inputs: excluded pool facts and prompts, model-generated prefixes (a pool
-    # with no usable fact is refused here, before the run directory exists).
-    model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
-    augmentation = prepare_augmentation(cfg, inputs, model, tokenizer)
+    # with no usable fact, or a model that would mix packed rows, is refused here, before the run
+    # directory exists).
+    augmentation = prepare_augmentation(cfg, inputs)
     clock.lap("read requests, prefixes")
 
     staging = staging_dir(out_dir)
@@ -243,9 +281,6 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     staging.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, staging / "config.yaml")
     write_json(staging / "prefixes.json", augmentation.prefixes)
-
-    check_packing(model, pad_token_id(tokenizer))  # fail before any work if packed rows would mix
-    del model
 
     # 3. Similar facts, augment, tokenize: on Ray Data.
     dataset, counts = training_dataset(cfg, inputs, augmentation)
@@ -270,11 +305,8 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     clock.lap("training")
 
     # 6. The edited model: merged and saved here, evaluated on the scoring actors.
-    if cfg.output.save_merged:
-        edited, tokenizer = load_edited(inputs.model_path, trained_dir, cfg.model.dtype)
-        edited.save_pretrained(staging / "model")
-        tokenizer.save_pretrained(staging / "model")
-        del edited
+    if cfg.output.save_merged:  # shard by shard: the driver never holds the whole model
+        save_merged(inputs.model_path, trained_dir, staging / "model", cfg.model.dtype)
         clock.lap("merged model saved")
     log.info("evaluating the edited model")
     reference = before.rename_columns({"scores": "before", "locality": "reference"})

@@ -170,6 +170,27 @@ def test_prefixes_are_generated_by_the_model_and_reproducible(tiny_model):
     assert all("\n" not in p and "{" not in p for p in first)
 
 
+def test_the_job_generates_its_prefixes_on_a_ray_worker_as_this_process_would(tiny_model):
+    """The driver never loads the model: prefixes come from a Ray task, the same as made here."""
+    import ray
+
+    from ftedit.config import RunConfig, from_dict
+    from ftedit.model import load_causal_lm
+    from ftedit.pipeline import check_model_and_generate_prefixes
+
+    cfg = from_dict(RunConfig, {"seed": 4, "augment": {"prefix_bank": 6, "n_paraphrase": 2, "prefix_tokens": 5}})
+    model, tok = load_causal_lm(tiny_model)
+    here = generate_prefixes(model, tok, cfg.augment, cfg.seed)
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        there = check_model_and_generate_prefixes(cfg, tiny_model)  # the packing check passes on a Llama
+        none = check_model_and_generate_prefixes(from_dict(RunConfig, {"augment": {"n_paraphrase": 0}}), tiny_model)
+    finally:
+        ray.shutdown()
+    assert there == here and len(here) == 6
+    assert none == []
+
+
 def test_skip_over_draws_what_sampling_the_list_of_candidates_draws():
     import random
 
