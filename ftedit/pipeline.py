@@ -182,7 +182,9 @@ def check_model_and_generate_prefixes(cfg: RunConfig, model_path: Path, use_gpus
 
     resources = {"num_cpus": cfg.eval.cpus_per_actor, "num_gpus": cfg.eval.gpus_per_actor or None} if use_gpus else {
         "num_cpus": min(1.0, cfg.eval.cpus_per_actor)}
-    task = ray.remote(_check_model_and_generate_prefixes).options(**resources)
+    # An explicit strategy: inside a sweep trial the task would otherwise go into the trial's
+    # placement group, which holds a sliver of CPU for the trial's driver and nothing more.
+    task = ray.remote(_check_model_and_generate_prefixes).options(**resources, scheduling_strategy="DEFAULT")
     prefixes, packing_error = ray.get(task.remote(str(model_path), cfg))
     if packing_error:
         raise RuntimeError(packing_error)
