@@ -101,7 +101,8 @@ class AugmentConfig:
     random among those in the pool: the facts an edit most easily drags along (moving one Paris
     landmark to Rome tends to move the others). Edits without a `target_true` get none."""
     locality_target: Literal["gold", "model"] = "gold"
-    """Answer trained for locality facts: the pool's gold answer or the unedited model's greedy one."""
+    """Answer trained for locality facts: the pool's gold answer or the unedited model's greedy one
+    (generated once per distinct fact on the scoring actors, however many edits draw it)."""
     locality_target_tokens: int = 4
     """With locality_target=model: tokens greedily decoded as the model's own answer."""
     continuation_tokens: int = 0

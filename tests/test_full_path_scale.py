@@ -31,10 +31,15 @@ def test_the_paper_config_runs_whole_on_cpu_and_the_table_shows_each_stage(share
     assert run["n_edits"] == 30 and run["skipped"] == 0
     assert run["examples"]["by_kind"] == {"edit": 30, "paraphrase": 300, "random": 300}
     assert list(run["stage_seconds"]) == STAGES and run["peak_rss_mb"] > 100
+    # The driver's memory in each stage, and its parts (heap, object store pages it mapped).
+    memory = run["driver_memory_mb"]
+    assert list(memory) == [*STAGES, "report"]
+    assert all(0 < m["RssAnon"] + m["RssShmem"] <= m["VmRSS"] <= run["peak_rss_mb"] + 1 for m in memory.values())
     assert run["train"]["optimizer_steps"] == 20  # 630 examples, batch 32, one epoch
     table = md.read_text()
     assert "old" not in table and "| 30 (0) | 630 |" in table and "training (s)" in table
     assert "train.num_workers=1" in table  # what the CPU changed in the GPU config is said
+    assert "Driver memory by stage" in table and "| 30 | " in table
 
 
 @pytest.mark.slow
