@@ -3,8 +3,9 @@
 `output.save_merged` runs in the job's driver, on the cluster's head node. Loading the base model
 there and merging the adapter into it needs every weight in memory at once: 140 GB for a 70B
 model in bf16, more than a CPU head node holds. Here the base checkpoint's safetensors shards are
-read one at a time, the trained weights applied to the tensors they change, and each shard
-written out, so the driver holds one shard (a few GB) whatever the model's size. A LoRA adapter
+read tensor by tensor, the trained weights applied to the tensors they change, and each tensor
+written out as soon as it is made (`tensor_files`), so the driver holds one tensor at a time
+(the largest, an embedding matrix, is a few GB) whatever the model's size. A LoRA adapter
 is merged as peft merges it, W + (B @ A) x alpha / r, in `model.dtype`, so the saved model equals
 the one `model.load_edited` builds and the edited evaluation scored (tests/test_merge.py).
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ftedit.model import TRAINED_WEIGHTS, TUNING_FILE, load_edited
+from ftedit.tensor_files import TensorFileReader, write_tensor_file
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +50,13 @@ def checkpoint_shards(base: Path) -> list[str]:
 
 def _checkpoint_shapes(base: Path, shards: list[str]) -> dict[str, tuple[int, ...]]:
     """Every tensor of the checkpoint and its shape, read from the shards' headers only."""
-    from safetensors import safe_open
-
     shapes = {}
     for shard in shards:
-        with safe_open(str(base / shard), framework="pt") as f:
-            for key in f.keys():
-                shapes[key] = tuple(f.get_slice(key).get_shape())
+        try:
+            with TensorFileReader(base / shard) as f:
+                shapes.update({name: f.shape(name) for name in f.entries})
+        except ValueError as exc:  # a dtype this reader does not know
+            raise NotShardable(str(exc)) from exc
     return shapes
 
 
@@ -93,17 +95,15 @@ class LoraMerge:
 
 
 class TrainedLayers:
-    """Full fine-tuning's trained tensors, replacing the base's one at a time (read lazily: with
-    every layer trained they are most of the model)."""
+    """Full fine-tuning's trained tensors, replacing the base's one at a time (read when needed:
+    with every layer trained they are most of the model)."""
 
     def __init__(self, trained_dir: Path):
-        from safetensors import safe_open
-
-        self._file = safe_open(str(trained_dir / TRAINED_WEIGHTS), framework="pt")
-        self.shapes = {key: tuple(self._file.get_slice(key).get_shape()) for key in self._file.keys()}
+        self._file = TensorFileReader(trained_dir / TRAINED_WEIGHTS)
+        self.shapes = {name: self._file.shape(name) for name in self._file.entries}
 
     def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        return self._file.get_tensor(name).to(weight.dtype)
+        return self._file.read(name).to(weight.dtype)
 
 
 def merged(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -127,8 +127,6 @@ def save_merged(base: str | Path, trained_dir: str | Path, out_dir: str | Path, 
 
 
 def _save_shard_by_shard(base: Path, trained_dir: Path, out_dir: Path, dtype: torch.dtype) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     shards = checkpoint_shards(base)
@@ -144,19 +142,18 @@ def _save_shard_by_shard(base: Path, trained_dir: Path, out_dir: Path, dtype: to
     out_dir.mkdir(parents=True, exist_ok=True)
     total_bytes = 0
     for n, shard in enumerate(shards, 1):
-        tensors = {}
-        with safe_open(str(base / shard), framework="pt") as f:
-            for key in f.keys():
-                tensor = f.get_tensor(key)
-                if tensor.is_floating_point():
-                    tensor = tensor.to(dtype)  # as from_pretrained(dtype=...) loads it
-                if key in update.shapes:
-                    tensor = update.apply(key, tensor)
-                tensors[key] = tensor.contiguous()
-        save_file(tensors, str(out_dir / shard), metadata={"format": "pt"})
-        total_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
+        with TensorFileReader(base / shard) as f:
+            # Floating tensors in `dtype`, as from_pretrained(dtype=...) loads them; others as stored.
+            layout = [(name, dtype if f.dtype(name).is_floating_point else f.dtype(name), f.shape(name))
+                      for name in f.entries]
+
+            def edited(reader=f, layout=layout):
+                for name, out_dtype, _ in layout:
+                    tensor = reader.read(name).to(out_dtype)
+                    yield update.apply(name, tensor) if name in update.shapes else tensor
+
+            total_bytes += write_tensor_file(out_dir / shard, layout, edited(), {"format": "pt"})
         log.info("merged model: shard %d/%d written (%s)", n, len(shards), shard)
-        del tensors
     if (base / INDEX_FILE).is_file():
         index = json.loads((base / INDEX_FILE).read_text())
         index["metadata"] = {**index.get("metadata", {}), "total_size": total_bytes}

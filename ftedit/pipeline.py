@@ -152,9 +152,9 @@ def _check_model_and_generate_prefixes(model_path: str, cfg: RunConfig) -> tuple
     """(prefixes, "") or ([], why the model cannot be trained on packed rows): a Ray task."""
     from ftedit.augment import generate_prefixes
     from ftedit.loss import check_packing
-    from ftedit.model import load_causal_lm, pad_token_id, to_assigned_gpu
+    from ftedit.model import accelerator_device, load_causal_lm, pad_token_id, to_assigned_gpu
 
-    if not cfg.eval.gpus_per_actor:
+    if accelerator_device().type == "cpu":  # no GPU configured, or a dry run
         import torch
 
         # Ray sets OMP_NUM_THREADS to the task's CPUs (often 1); it runs alone, so use the node's
