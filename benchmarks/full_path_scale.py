@@ -12,13 +12,19 @@ generation, 10 prefixes + 10 random facts per edit, tokenization, scoring of the
 DeepSpeed ZeRO-2 LoRA training with checkpoints, the merged model saved, the edited model scored,
 the report written. A random model's edit scores mean nothing here; what is measured is that
 every stage runs at 10,000 edits, how each stage's time grows with the edits, and the driver's
-peak memory (each size runs in a fresh process). Results: benchmarks/results/<output>.json and
-the BENCHMARKS.md table between the <output> markers (default `full-path-scale`).
+peak memory, in all and stage by stage (each size runs in a fresh process). Results:
+benchmarks/results/<output>.json and the BENCHMARKS.md table between the <output> markers
+(default `full-path-scale`).
 
 Past the file's 10,000 records, `--synthetic` edits CounterFact-shaped made-up requests instead
 (those of `dry_run_memory.py`, in JSONL parts of 10,000), with the same pool:
 
-    python benchmarks/full_path_scale.py --synthetic --sizes 1000 30000 --output full-path-scale-synthetic
+    python benchmarks/full_path_scale.py --synthetic --sizes 1000 10000 30000 --output full-path-scale-synthetic
+
+A `model.path=...` override swaps the tiny model for a real one, to see what the model's size
+does to the driver (it should do nothing: the driver never loads the model):
+
+    python benchmarks/full_path_scale.py --sizes 30 --output full-path-scale-smollm2 model.path=smollm2-135m
 """
 
 import argparse
@@ -80,7 +86,9 @@ def render_table(result: dict) -> str:
     requests = "synthetic CounterFact-shaped requests" if result.get("synthetic") else "the CounterFact file"
     if all("driver_memory_mb" in r for r in result["runs"]):
         rows += ["", *memory_table(result["runs"])]
-    rows += ["", f"Config `{' '.join([result['config'], *result['overrides']])}` on {requests}, with a tiny random Llama "
+    named = [o.split("=", 1)[1] for o in result["overrides"] if o.startswith("model.path=")]
+    model = f"`{named[-1]}`" if named else "a tiny random Llama"
+    rows += ["", f"Config `{' '.join([result['config'], *result['overrides']])}` on {requests}, with {model} "
                  f"and `{' '.join(CPU_OVERRIDES)}`; {result['date']}, {result['machine']}."]
     return "\n".join(rows)
 
