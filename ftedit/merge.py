@@ -1,4 +1,4 @@
-"""The edited model saved shard by shard, never whole in memory.
+"""The edited model saved tensor by tensor, never whole in memory.
 
 `output.save_merged` runs in the job's driver, on the cluster's head node. Loading the base model
 there and merging the adapter into it needs every weight in memory at once: 140 GB for a 70B
@@ -114,10 +114,10 @@ def merged(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 def save_merged(base: str | Path, trained_dir: str | Path, out_dir: str | Path, dtype: str) -> None:
     """Write the edited model (`base` with `trained_dir` applied, in `dtype`) to `out_dir` as a
-    Hugging Face checkpoint, one shard in memory at a time (or whole, where it cannot be)."""
+    Hugging Face checkpoint, one tensor in memory at a time (or whole, where it cannot be)."""
     base, trained_dir, out_dir = Path(base), Path(trained_dir), Path(out_dir)
     try:
-        _save_shard_by_shard(base, trained_dir, out_dir, getattr(torch, dtype))
+        _save_tensor_by_tensor(base, trained_dir, out_dir, getattr(torch, dtype))
     except NotShardable as why:
         log.warning("merged model: %s, so it is built whole in memory (base %s)", why, base)
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -126,7 +126,7 @@ def save_merged(base: str | Path, trained_dir: str | Path, out_dir: str | Path, 
         tokenizer.save_pretrained(out_dir)
 
 
-def _save_shard_by_shard(base: Path, trained_dir: Path, out_dir: Path, dtype: torch.dtype) -> None:
+def _save_tensor_by_tensor(base: Path, trained_dir: Path, out_dir: Path, dtype: torch.dtype) -> None:
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     shards = checkpoint_shards(base)

@@ -307,7 +307,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     clock.lap("training")
 
     # 6. The edited model: merged and saved here, evaluated on the scoring actors.
-    if cfg.output.save_merged:  # shard by shard: the driver never holds the whole model
+    if cfg.output.save_merged:  # tensor by tensor: the driver never holds the whole model
         save_merged(inputs.model_path, trained_dir, staging / "model", cfg.model.dtype)
         clock.lap("merged model saved")
     log.info("evaluating the edited model")

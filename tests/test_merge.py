@@ -1,4 +1,4 @@
-"""The edited model saved shard by shard equals the one merged whole in memory."""
+"""The edited model saved tensor by tensor equals the one merged whole in memory."""
 
 import json
 import logging
@@ -41,13 +41,13 @@ def state(model) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("tuning", ["lora", "full"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("sharded", [False, True])
-def test_the_model_saved_shard_by_shard_equals_the_one_merged_in_memory(tiny_model, tmp_path, tuning, dtype, sharded,
+def test_the_model_saved_tensor_by_tensor_equals_the_one_merged_in_memory(tiny_model, tmp_path, tuning, dtype, sharded,
                                                                          caplog):
     base = sharded_copy(tiny_model, tmp_path / "base") if sharded else tiny_model
     trained_dir = trained(base, tmp_path / "trained", tuning)
     with caplog.at_level(logging.INFO, logger="ftedit.merge"):
         save_merged(base, trained_dir, tmp_path / "merged", dtype)
-    assert "built whole in memory" not in caplog.text  # the shard-by-shard path ran
+    assert "built whole in memory" not in caplog.text  # the tensor-by-tensor path ran
     shards = json.loads((tmp_path / "merged" / INDEX_FILE).read_text())["weight_map"] if sharded else None
     assert (len(set(shards.values())) > 1) if sharded else (tmp_path / "merged" / SINGLE_FILE).is_file()
 
