@@ -59,7 +59,8 @@ class MemorySampler:
     def read(cls) -> dict[str, float]:
         """The current values in MB (empty where /proc is not there)."""
         try:
-            lines = open("/proc/self/status").read().splitlines()
+            with open("/proc/self/status") as status:
+                lines = status.read().splitlines()
         except OSError:
             return {}
         values = {}

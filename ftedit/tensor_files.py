@@ -76,7 +76,7 @@ def write_tensor_file(path: str | Path, layout: list[tuple[str, torch.dtype, tup
     header: dict = {}
     offset = 0
     for name, dtype, shape in layout:
-        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        size = math.prod(shape) * dtype.itemsize
         header[name] = {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     if metadata:
