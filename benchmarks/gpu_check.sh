@@ -89,6 +89,23 @@ run 120 python3 benchmarks/step_profile.py --config configs/llama3-8b-counterfac
   --peak-tflops "$PEAK_TFLOPS" --output step-profile-h200-llama3-8b-full train.num_workers=1 train.micro_batch_size=32
 save
 
+step "a replica spread over two devices (both this GPU: the hooks a multi-GPU scoring actor runs) scores as one"
+run 120 python3 - <<'PY'
+import torch
+from ftedit.config import EvalConfig
+from ftedit.evaluate import evaluate
+from ftedit.placement import load_replica
+from ftedit.requests import EditRequest
+requests = [EditRequest("a", "The capital of France is", "France", "Rome", "Paris",
+                        paraphrases=("France's capital city is called",), neighbourhood=("The Louvre is in",))]
+one, tok = load_replica("/tmp/smollm2-random", "float32", devices=["cuda:0"])
+spread, _ = load_replica("/tmp/smollm2-random", "float32", devices=["cuda:0", "cuda:0"])
+a, b = (evaluate(m, tok, requests, "counterfact", EvalConfig(batch_size=8, pack_length=128)) for m in (one, spread))
+print("spread replica: same scores", a.scores == b.scores, "| same records", a.records == b.records)
+assert a.records == b.records
+PY
+save
+
 step "the job end to end on the GPU: 100 edits, training and scoring on the GPU, fluency generation"
 # shellcheck disable=SC2086
 run 240 python3 jobs/mass_edit.py --config configs/bench-counterfact-smollm2.yaml $SMOL data.limit=100 \

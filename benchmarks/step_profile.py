@@ -87,7 +87,8 @@ def measure(cfg, model_path, attention: str, prepare: bool, batches: list[dict],
 
     from benchmarks.throughput import training_flops_per_token
     from ftedit.loss import lm_loss
-    from ftedit.model import accelerator_device, prepare_for_autocast, prepare_trainable, trainable_parameters
+    from ftedit.model import prepare_for_autocast, prepare_trainable, trainable_parameters
+    from ftedit.placement import accelerator_device
 
     device = accelerator_device() if cfg.train.use_gpu else torch.device("cpu")
     model = load_model(cfg, model_path, model_config, attention, device)

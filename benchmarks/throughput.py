@@ -59,13 +59,14 @@ def _trainable_model(cfg, model_path):
     """(model, params, optimizer, pad id) built as the train loop builds them, for both in-process paths."""
     import torch
 
-    from ftedit.model import load_causal_lm, pad_token_id, prepare_for_training, to_assigned_gpu, trainable_parameters
+    from ftedit.model import load_causal_lm, pad_token_id, prepare_for_training, trainable_parameters
+    from ftedit.placement import accelerator_device
 
     train = cfg.train
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_causal_lm(model_path, cfg.model.dtype, train.attention)
     if train.use_gpu:
-        to_assigned_gpu(model)  # where Ray Train's worker (and its DeepSpeed engine) trains
+        model.to(accelerator_device())  # where Ray Train's worker (and its DeepSpeed engine) trains
     model = prepare_for_training(model, train, cfg.lora, cfg.seed)  # as the train loop does
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
@@ -183,7 +184,7 @@ def with_resolved_precision(cfg):
     it (`auto`), so the plain and DeepSpeed children train in the precision the Ray path does."""
     import torch
 
-    from ftedit.model import accelerator_device
+    from ftedit.placement import accelerator_device
     from ftedit.precision import with_precision_for
 
     return with_precision_for(cfg, accelerator_device() if cfg.train.use_gpu else torch.device("cpu"))
@@ -395,7 +396,8 @@ def main() -> None:
         parser.error(str(error))
     show_progress()
 
-    from ftedit.model import load_causal_lm, to_assigned_gpu
+    from ftedit.model import load_causal_lm
+    from ftedit.placement import place_replica
     from ftedit.pipeline import load_inputs, prepare_augmentation, training_dataset
     from ftedit.train import fit
 
@@ -424,7 +426,7 @@ def main() -> None:
         # Scoring last, after every training measurement: it runs the model in this process.
         model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
         if cfg.train.use_gpu:
-            to_assigned_gpu(model)
+            place_replica(model)  # as a scoring actor places it
         evaluation = scoring_vs_forward(cfg, inputs, model, tokenizer)
         log.info("scoring: %s", evaluation)
 

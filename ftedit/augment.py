@@ -211,8 +211,10 @@ def generate_prefixes(model, tokenizer, cfg: AugmentConfig, seed: int) -> list[s
     """
     import torch
 
+    from ftedit.placement import input_device
+
     generator = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
+    device = input_device(model)
     prefixes: list[str] = []
     starts = [cfg.prefix_starts[i % len(cfg.prefix_starts)] for i in range(cfg.prefix_bank)]
     model.eval()

@@ -282,11 +282,13 @@ class EvalConfig:
     progress log, Ray Train metrics `probe_*`, what a sweep's early stopping sees); 0 = off."""
     actors: int = 1
     """Model replicas scoring the requests in parallel (a Ray Data actor pool); they also generate
-    continuation anchors and model locality targets. Meant for GPU clusters (`gpus_per_actor: 1`):
-    on a CPU-only machine the replicas share its cores."""
+    continuation anchors and model locality targets. Meant for GPU clusters (`gpus_per_actor: 1`
+    or more): on a CPU-only machine the replicas share its cores."""
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    """GPUs per scoring actor (1 on GPU clusters; 0 scores on CPU)."""
+    """GPUs per scoring actor: 1 on GPU clusters; 2, 4 or 8 for a model too big for one GPU (its
+    layers are spread over them, placement.py); a fraction shares a GPU between small replicas;
+    0 scores on CPU."""
     requests_per_batch: int = 256
     """Most edit requests an actor evaluates per Ray Data batch (fewer when that spreads a small
     run over all `actors`)."""
@@ -301,6 +303,8 @@ class EvalConfig:
         _require(self.actors > 0, "actors", f"must be > 0, got {self.actors}")
         _require(self.cpus_per_actor > 0, "cpus_per_actor", f"must be > 0, got {self.cpus_per_actor}")
         _require(self.gpus_per_actor >= 0, "gpus_per_actor", f"must be >= 0, got {self.gpus_per_actor}")
+        _require(self.gpus_per_actor <= 1 or self.gpus_per_actor == int(self.gpus_per_actor), "gpus_per_actor",
+                 f"above 1 must be a whole number of GPUs (Ray's rule), got {self.gpus_per_actor}")
         _require(self.requests_per_batch > 0, "requests_per_batch", f"must be > 0, got {self.requests_per_batch}")
         _require(self.torch_threads >= 0, "torch_threads", f"must be >= 0, got {self.torch_threads}")
         _require(self.pack_length > 0, "pack_length", f"must be > 0, got {self.pack_length}")

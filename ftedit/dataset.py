@@ -44,10 +44,9 @@ class OwnAnswers:
     """
 
     def __init__(self, model_path: str, dtype: str, max_new_tokens: int, batch_size: int = 32):
-        from ftedit.model import load_causal_lm, to_assigned_gpu
+        from ftedit.placement import load_replica
 
-        self.model, self.tokenizer = load_causal_lm(model_path, dtype)
-        to_assigned_gpu(self.model)
+        self.model, self.tokenizer = load_replica(model_path, dtype)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
 

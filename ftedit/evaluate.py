@@ -27,6 +27,7 @@ from ftedit.metrics import (
     summarize,
 )
 from ftedit.model import pad_token_id
+from ftedit.placement import input_device
 from ftedit.edit_request import EditRequest
 from ftedit.loss import target_logits
 from ftedit.tokenize import encode_examples, pack_batch
@@ -81,7 +82,7 @@ def score_probes(model, tokenizer, probes: list[Probe], batch_size: int, row_len
     """Mean target NLL and teacher-forced argmax per unique probe, `batch_size` probes per packed pass."""
     unique = list(dict.fromkeys(probes))
     encoded = encode_examples(tokenizer, [p for p, _ in unique], [t for _, t in unique])
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad = pad_token_id(tokenizer)
     scores: dict[Probe, ProbeScore] = {}
     model.eval()

@@ -14,6 +14,7 @@ import time
 import torch
 
 from ftedit.model import pad_token_id
+from ftedit.placement import input_device
 from ftedit.edit_request import EditRequest
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     `add_special_tokens`: False to generate in the context training and scoring use (no BOS),
     when the text is to be trained on; True (the tokenizer's default) for fluency, as ROME does.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad = pad_token_id(tokenizer)
     model.eval()
     texts: list[str] = []

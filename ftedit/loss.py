@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ftedit.placement import input_device
 from ftedit.tokenize import IGNORE_INDEX, pack_batch
 
 
@@ -66,7 +67,7 @@ def check_packing(model, pad_id: int) -> None:
     """
     sequences = [[11, 12, 13, 14], [21, 22, 23]]
     labels = [[IGNORE_INDEX, 12, 13, 14], [IGNORE_INDEX, 22, 23]]
-    device = next(model.parameters()).device
+    device = input_device(model)
 
     def logits(rows, row_labels):
         batch = {k: v.to(device) for k, v in pack_batch(rows, row_labels, pad_id, row_length=64).items()}

@@ -40,18 +40,6 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", attention: str | No
     return model, tokenizer
 
 
-def accelerator_device() -> torch.device:
-    """This process's accelerator (the GPU Ray assigned it, whatever its kind) or the CPU."""
-    if torch.accelerator.is_available():
-        return torch.accelerator.current_accelerator()
-    return torch.device("cpu")
-
-
-def to_assigned_gpu(model):
-    """Move a Ray actor's model to its GPU when Ray assigned one (eval.gpus_per_actor); else CPU."""
-    return model.to(accelerator_device())
-
-
 def pad_token_id(tokenizer) -> int:
     """Any id works for padding (padded positions are masked); prefer the tokenizer's own."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):

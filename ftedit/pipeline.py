@@ -152,16 +152,16 @@ def _check_model_and_generate_prefixes(model_path: str, cfg: RunConfig) -> tuple
     """(prefixes, "") or ([], why the model cannot be trained on packed rows): a Ray task."""
     from ftedit.augment import generate_prefixes
     from ftedit.loss import check_packing
-    from ftedit.model import accelerator_device, load_causal_lm, pad_token_id, to_assigned_gpu
+    from ftedit.model import pad_token_id
+    from ftedit.placement import assigned_devices, load_replica
 
-    if accelerator_device().type == "cpu":  # no GPU configured, or a dry run
+    if not assigned_devices():  # no GPU configured, or a dry run
         import torch
 
         # Ray sets OMP_NUM_THREADS to the task's CPUs (often 1); it runs alone, so use the node's
         # cores, as a driver would: the same prefixes as generated there.
         torch.set_num_threads(cfg.eval.torch_threads or os.cpu_count() or 1)
-    model, tokenizer = load_causal_lm(model_path, cfg.model.dtype)
-    to_assigned_gpu(model)
+    model, tokenizer = load_replica(model_path, cfg.model.dtype)
     try:
         check_packing(model, pad_token_id(tokenizer))
     except RuntimeError as exc:

@@ -44,18 +44,14 @@ class EvaluateRequests:
 
         from ftedit.config import RunConfig, from_dict
         from ftedit.logs import show_progress
-        from ftedit.model import load_causal_lm, load_edited, to_assigned_gpu
+        from ftedit.placement import load_replica
 
         show_progress()  # the scored-batch and fluency lines below reach the driver's console
         cfg = from_dict(RunConfig, run)
         if not cfg.eval.gpus_per_actor:
             # Ray sets OMP_NUM_THREADS to the actor's CPUs (often 1); use this node's cores.
             torch.set_num_threads(cfg.eval.torch_threads or max(1, (os.cpu_count() or 1) // cfg.eval.actors))
-        if trained_dir is None:
-            self.model, self.tokenizer = load_causal_lm(model_path, cfg.model.dtype)
-        else:
-            self.model, self.tokenizer = load_edited(model_path, trained_dir, cfg.model.dtype)
-        to_assigned_gpu(self.model)
+        self.model, self.tokenizer = load_replica(model_path, cfg.model.dtype, trained_dir)
         self.settings, self.kind = cfg.eval, kind
 
     def __call__(self, batch: dict) -> dict:

@@ -5,6 +5,7 @@ import copy
 import yaml
 
 from tests.conftest import REPO
+from tests.test_dry_run import PAPER_SCALE_CONFIGS
 
 
 def _cluster() -> dict:
@@ -40,7 +41,7 @@ def test_paper_configs_read_their_data_where_the_cluster_mounts_it():
     from ftedit.config import load_config
 
     mounts = {target.replace("~", "/home/ray"): source for target, source in _cluster()["file_mounts"].items()}
-    for name in ("gptj-counterfact-10k.yaml", "llama3-8b-counterfact-full-zero3.yaml"):
+    for name in PAPER_SCALE_CONFIGS:
         cfg = load_config(REPO / "configs" / name)
         for path in (cfg.data.requests, cfg.data.fact_pool):
             mount = next((m for m in mounts if path.startswith(m + "/")), None)

@@ -1,5 +1,6 @@
 """--dry-run: validate, augment and tokenize on Ray Data and count, without training or writing.
-The paper-scale configs (GPT-J LoRA ZeRO-2, Llama-3 full ZeRO-3) plan with a tiny stand-in model."""
+The paper-scale configs (GPT-J LoRA ZeRO-2, Llama-3-8B full ZeRO-3, Llama-3-70B LoRA ZeRO-3)
+plan with a tiny stand-in model."""
 
 import json
 import math
@@ -13,8 +14,11 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(600)
 
+PAPER_SCALE_CONFIGS = ["gptj-counterfact-10k.yaml", "llama3-8b-counterfact-full-zero3.yaml",
+                       "llama3-70b-counterfact-lora-zero3.yaml"]
 
-@pytest.mark.parametrize("config", ["gptj-counterfact-10k.yaml", "llama3-8b-counterfact-full-zero3.yaml"])
+
+@pytest.mark.parametrize("config", PAPER_SCALE_CONFIGS)
 def test_paper_scale_config_dry_runs_with_a_tiny_stand_in(config, tiny_model, shared_data, tmp_path):
     out = tmp_path / "run"
     counterfact = shared_data / "counterfact"
@@ -41,7 +45,7 @@ def test_paper_scale_config_dry_runs_with_a_tiny_stand_in(config, tiny_model, sh
     assert not out.exists() and not out.with_name("run.incomplete").exists()  # nothing written
 
 
-@pytest.mark.parametrize("config", ["gptj-counterfact-10k.yaml", "llama3-8b-counterfact-full-zero3.yaml"])
+@pytest.mark.parametrize("config", PAPER_SCALE_CONFIGS)
 def test_paper_scale_config_accepts_its_whole_requests_file(config, shared_data):
     """All 10,000 records the config asks for, not a sample: 79 of them edit an earlier record's
     prompt to another answer, and the config must drop them (listed) rather than stop the job."""

@@ -1,0 +1,118 @@
+"""Inference replicas spread over several devices score and generate as one on a single device.
+
+No GPU here: the spread path runs with two "devices" that are both the CPU, which attaches the
+same accelerate hooks (one per block, moving activations to each block's device) that several
+GPUs get. The device maps themselves are checked for GPU names without touching a GPU.
+"""
+
+import pytest
+import torch
+from accelerate.utils import check_device_map
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from ftedit.augment import generate_prefixes
+from ftedit.config import AugmentConfig, ConfigError, EvalConfig
+from ftedit.evaluate import evaluate
+from ftedit.fluency import generate_greedy
+from ftedit.loss import check_packing
+from ftedit.model import load_causal_lm, pad_token_id
+from ftedit.placement import balanced_device_map, input_device, load_replica, place_replica
+from tests.test_evaluate import REQUESTS
+from tests.test_merge import trained
+
+GPUS = ["cuda:0", "cuda:1", "cuda:2"]
+
+
+def llama(layers: int, tied: bool):
+    config = LlamaConfig(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    return LlamaForCausalLM(config)
+
+
+def device_bytes(model, device_map) -> dict[str, int]:
+    totals = dict.fromkeys(device_map.values(), 0)
+    for name, device in device_map.items():
+        totals[device] += sum(p.numel() * p.element_size() for p in model.get_submodule(name).parameters())
+    return totals
+
+
+def test_layers_are_cut_into_contiguous_runs_of_about_equal_bytes():
+    model = llama(layers=12, tied=False)
+    device_map = balanced_device_map(model, GPUS)
+    check_device_map(model, device_map)  # every weight has a device
+    layer_devices = [device_map[f"model.layers.{i}"] for i in range(12)]
+    assert layer_devices == sorted(layer_devices) and set(layer_devices) == set(GPUS)  # contiguous, all used
+    assert device_map["model.embed_tokens"] == "cuda:0"
+    assert device_map["lm_head"] == device_map["model.norm"] == "cuda:2"
+    layer_bytes = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
+    loads = device_bytes(model, device_map)
+    assert max(loads.values()) - min(loads.values()) <= layer_bytes, loads
+
+
+def test_a_tied_output_layer_stays_with_the_input_embedding():
+    model = llama(layers=4, tied=True)
+    device_map = balanced_device_map(model, GPUS[:2])
+    check_device_map(model, device_map)
+    assert device_map["lm_head"] == device_map["model.embed_tokens"] == "cuda:0"
+
+
+def test_the_layers_are_found_by_structure_not_by_name():
+    """GPT-2 names its parts transformer.h / wte / wpe / ln_f: no name is spelled out anywhere."""
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=500, n_embd=32, n_layer=4, n_head=2, n_positions=64))
+    device_map = balanced_device_map(model, GPUS[:2])
+    check_device_map(model, device_map)
+    assert device_map["transformer.wte"] == device_map["lm_head"] == "cuda:0"
+    assert device_map["transformer.ln_f"] == "cuda:1"
+    layer_devices = [device_map[f"transformer.h.{i}"] for i in range(4)]
+    assert layer_devices == sorted(layer_devices) and set(layer_devices) == {"cuda:0", "cuda:1"}
+
+
+def test_one_device_or_none_moves_the_model_without_hooks(tiny_model):
+    model, _ = load_causal_lm(tiny_model)
+    assert place_replica(model, []) is model and input_device(model) == torch.device("cpu")
+    assert not any(hasattr(m, "_hf_hook") for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def plain_and_spread(tiny_model):
+    plain, tokenizer = load_causal_lm(tiny_model)
+    spread, _ = load_replica(tiny_model, "float32", devices=["cpu", "cpu"])
+    return plain, spread, tokenizer
+
+
+def test_a_spread_replica_runs_through_hooks_and_scores_the_same(plain_and_spread):
+    plain, spread, tokenizer = plain_and_spread
+    assert all(hasattr(layer, "_hf_hook") for layer in spread.model.layers)  # the multi-device path
+    settings = EvalConfig(batch_size=4, pack_length=64)
+    one, other = (evaluate(m, tokenizer, REQUESTS, "counterfact", settings) for m in (plain, spread))
+    assert other.records == one.records
+    assert other.scores == one.scores
+
+
+def test_a_spread_replica_generates_the_same(plain_and_spread):
+    plain, spread, tokenizer = plain_and_spread
+    prompts = ["The capital of France is", "Apple was founded by"]
+    assert generate_greedy(spread, tokenizer, prompts, 6, 2) == generate_greedy(plain, tokenizer, prompts, 6, 2)
+    cfg = AugmentConfig(prefix_bank=4, n_paraphrase=2, prefix_tokens=5, prefix_starts=["The", "I"])
+    assert generate_prefixes(spread, tokenizer, cfg, seed=1) == generate_prefixes(plain, tokenizer, cfg, seed=1)
+    check_packing(spread, pad_token_id(tokenizer))  # does not raise
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_an_edited_replica_is_merged_before_it_is_spread(tiny_model, tmp_path, tuning):
+    trained_dir = trained(tiny_model, tmp_path / tuning, tuning)
+    base, tokenizer = load_causal_lm(tiny_model)
+    one, _ = load_replica(tiny_model, "float32", trained_dir, devices=[])
+    spread, _ = load_replica(tiny_model, "float32", trained_dir, devices=["cpu", "cpu"])
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        edited = one(input_ids=ids).logits
+        assert torch.equal(spread(input_ids=ids).logits, edited)
+        assert not torch.allclose(base(input_ids=ids).logits, edited)  # the edit is in
+
+
+def test_gpus_per_actor_above_one_must_be_whole():
+    assert EvalConfig(gpus_per_actor=4).gpus_per_actor == 4
+    assert EvalConfig(gpus_per_actor=0.5).gpus_per_actor == 0.5  # replicas sharing a GPU
+    with pytest.raises(ConfigError, match="gpus_per_actor"):
+        EvalConfig(gpus_per_actor=1.5)
