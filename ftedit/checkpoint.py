@@ -13,10 +13,12 @@ The final checkpoint holds only the trained weights (adapter or layers), marked 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +137,26 @@ def report_finished_again(checkpoint, rank: int) -> None:
     with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(directory, tmp, dirs_exist_ok=True)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name="final")
+
+
+@contextlib.contextmanager
+def trained_weights_here(checkpoint):
+    """The final checkpoint's trained weights as a directory on this node, wherever it runs.
+
+    A scoring actor runs on a GPU node, not beside the driver: it reads the weights from the run's
+    checkpoint storage (`train.storage_path`), which every node reaches on a multi-node cluster
+    (S3: downloaded to a temporary directory, removed afterwards; a local or mounted path: used
+    as it is), not from the run directory, which is on the driver's node.
+    """
+    from pyarrow.fs import LocalFileSystem
+
+    if isinstance(checkpoint.filesystem, LocalFileSystem) and not Path(checkpoint.path).is_dir():
+        raise FileNotFoundError(
+            f"the trained weights at {checkpoint.path} are not on this node ({socket.gethostname()}): scoring "
+            "actors on other nodes than the driver read them from train.storage_path, which must then be "
+            "storage every node reaches (an s3:// prefix or a shared file system)")
+    with checkpoint.as_directory() as directory:
+        yield Path(directory)
 
 
 def copy_trained_weights(checkpoint, destination: Path) -> None:

@@ -223,8 +223,9 @@ class TrainConfig:
     max_failures: int = 0
     """Worker-group restarts after a worker dies (each resumes from the latest checkpoint); -1 = no limit."""
     storage_path: str | None = None
-    """Where Ray Train keeps checkpoints: null = inside the run's staging directory (one node);
-    on a multi-node cluster, storage every node reaches (`s3://bucket/prefix` or a shared mount)."""
+    """Where Ray Train keeps checkpoints, and where the edited model's scoring actors read the
+    trained weights: null = inside the run's staging directory (one machine); on a cluster,
+    storage every node reaches (`s3://bucket/prefix` or a shared mount)."""
     worker_env: dict[str, str | int | float] = field(default_factory=dict)
     """Environment variables for the training worker processes alone (Ray Train's worker runtime
     env; every other Ray process keeps its own), e.g. NCCL settings on GPU nodes. BENCHMARKS.md

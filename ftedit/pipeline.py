@@ -302,18 +302,19 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     )
     trained_dir = staging / ("adapter" if cfg.train.tuning == "lora" else "trained_layers")
     shutil.rmtree(trained_dir, ignore_errors=True)  # from an interrupted attempt
-    copy_trained_weights(checkpoint, trained_dir)
-    shutil.rmtree(staging / "ray", ignore_errors=True)  # local checkpoints were copied; keep the run small
+    copy_trained_weights(checkpoint, trained_dir)  # the run's own copy, on the driver's node
     clock.lap("training")
 
-    # 6. The edited model: merged and saved here, evaluated on the scoring actors.
+    # 6. The edited model: merged and saved here, evaluated on the scoring actors, which read
+    # the trained weights from the checkpoint's storage (they may be on other nodes).
     if cfg.output.save_merged:  # tensor by tensor: the driver never holds the whole model
         save_merged(inputs.model_path, trained_dir, staging / "model", cfg.model.dtype)
         clock.lap("merged model saved")
     log.info("evaluating the edited model")
     reference = before.rename_columns({"scores": "before", "locality": "reference"})
-    after = evaluate_on_cluster(cfg, inputs.model_path, reference, kind, trained_dir=trained_dir)
+    after = evaluate_on_cluster(cfg, inputs.model_path, reference, kind, trained=checkpoint)
     before_summary, after_summary = write_per_edit(staging / "per_edit.jsonl", scored_rows(after), kind)
+    shutil.rmtree(staging / "ray", ignore_errors=True)  # local checkpoints (default storage): keep the run small
     clock.lap("edited evaluation")
 
     # 7. Report, then make the run directory visible under its real name.

@@ -39,9 +39,10 @@ def _decode_scores(text: str) -> dict:
 class EvaluateRequests:
     """Ray Data actor: one model replica, evaluating batches of requests."""
 
-    def __init__(self, model_path: str, trained_dir: str | None, run: dict, kind: str):
+    def __init__(self, model_path: str, trained, run: dict, kind: str):
         import torch
 
+        from ftedit.checkpoint import trained_weights_here
         from ftedit.config import RunConfig, from_dict
         from ftedit.logs import show_progress
         from ftedit.placement import load_replica
@@ -51,7 +52,11 @@ class EvaluateRequests:
         if not cfg.eval.gpus_per_actor:
             # Ray sets OMP_NUM_THREADS to the actor's CPUs (often 1); use this node's cores.
             torch.set_num_threads(cfg.eval.torch_threads or max(1, (os.cpu_count() or 1) // cfg.eval.actors))
-        self.model, self.tokenizer = load_replica(model_path, cfg.model.dtype, trained_dir)
+        if trained is None:
+            self.model, self.tokenizer = load_replica(model_path, cfg.model.dtype)
+        else:
+            with trained_weights_here(trained) as trained_dir:
+                self.model, self.tokenizer = load_replica(model_path, cfg.model.dtype, trained_dir)
         self.settings, self.kind = cfg.eval, kind
 
     def __call__(self, batch: dict) -> dict:
@@ -75,10 +80,11 @@ class EvaluateRequests:
         }
 
 
-def evaluate_on_cluster(cfg: RunConfig, model_path, requests, kind: str, trained_dir=None):
-    """Score a Ray Dataset of requests on the base model (or base + `trained_dir`) with
-    `eval.actors` replicas; returns it materialized, with each request's metrics as JSON in
-    `scores` and its locality probes' scores in `locality`.
+def evaluate_on_cluster(cfg: RunConfig, model_path, requests, kind: str, trained=None):
+    """Score a Ray Dataset of requests on the base model (or the base with the trained weights of
+    `trained`, the run's final Ray Train checkpoint) with `eval.actors` replicas; returns it
+    materialized, with each request's metrics as JSON in `scores` and its locality probes' scores
+    in `locality`.
 
     The edited model's evaluation takes the unedited one's output with `locality` renamed
     `reference` (EasyEdit locality compares the two models' top-1 tokens) and `scores` renamed
@@ -89,7 +95,6 @@ def evaluate_on_cluster(cfg: RunConfig, model_path, requests, kind: str, trained
 
     started = time.perf_counter()
     settings = cfg.eval
-    trained = None if trained_dir is None else str(trained_dir)
     scored = on_model_actors(requests, cfg, EvaluateRequests, (str(model_path), trained, to_dict(cfg), kind),
                              settings.requests_per_batch, count_rows=True).materialize()
     log.info("evaluated the requests on %d actor(s) in %.0f s", settings.actors, time.perf_counter() - started)

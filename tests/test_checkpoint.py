@@ -81,3 +81,25 @@ def test_a_restart_after_the_final_checkpoint_reports_it_again_unchanged(tmp_pat
     (m0, files, name0), (m1, none, name1) = reported
     assert m0 == m1 == metrics and name0 == name1 == "final"
     assert files == {p.name: p.read_bytes() for p in sorted(final_dir.iterdir())} and none is None
+
+
+def test_trained_weights_are_read_from_the_checkpoint_storage_or_the_error_names_it(tmp_path):
+    """A scoring actor on another node than the driver reads the final checkpoint's weights
+    through the checkpoint's file system; a local path missing on its node is a clear error."""
+    import pyarrow.fs
+    import pytest
+    from ray.train import Checkpoint
+
+    from ftedit.checkpoint import trained_weights_here
+
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "tuning.json").write_text('{"tuning": "lora"}')
+    with trained_weights_here(Checkpoint(str(tmp_path / "final"))) as directory:
+        assert directory == tmp_path / "final"  # local (or mounted) storage: used in place
+    remote = pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem())
+    with trained_weights_here(Checkpoint("final", filesystem=remote)) as directory:
+        assert directory != tmp_path / "final" and (directory / "tuning.json").read_text() == '{"tuning": "lora"}'
+    assert not directory.exists()  # the downloaded copy is removed after loading
+    with pytest.raises(FileNotFoundError, match="train.storage_path, which must then be storage every node reaches"):
+        with trained_weights_here(Checkpoint(str(tmp_path / "elsewhere" / "final"))):
+            pass

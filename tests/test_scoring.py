@@ -18,8 +18,10 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def test_actor_pool_scores_match_the_in_process_evaluation(tiny_model, tmp_path):
+    import pyarrow.fs
     import ray
     import torch
+    from ray.train import Checkpoint
 
     # The sample edits, two of them with multi-hop (portability) questions as MQuAKE gives them.
     records = [json.loads(line) for line in (REPO / "data" / "sample_edits.jsonl").read_text().splitlines()[:6]]
@@ -54,7 +56,11 @@ def test_actor_pool_scores_match_the_in_process_evaluation(tiny_model, tmp_path)
         source = open_requests(cfg.data)  # the requests as the job reads them: a Ray Dataset
         before_cluster = evaluate_on_cluster(cfg, tiny_model, source.dataset, "counterfact")
         reference = before_cluster.rename_columns({"scores": "before", "locality": "reference"})
-        after_cluster = evaluate_on_cluster(cfg, tiny_model, reference, "counterfact", trained_dir=tmp_path / "adapter")
+        # The actors read the trained weights from the run's checkpoint storage, here a file
+        # system other than the local one, as S3 is: each actor downloads the checkpoint.
+        storage = pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem())
+        checkpoint = Checkpoint("adapter", filesystem=storage)
+        after_cluster = evaluate_on_cluster(cfg, tiny_model, reference, "counterfact", trained=checkpoint)
         rows = list(scored_rows(after_cluster))
         stats = [scored.stats() for scored in (before_cluster, after_cluster)]  # Ray Data's execution report
         summaries = write_per_edit(tmp_path / "per_edit.jsonl", rows, "counterfact")
