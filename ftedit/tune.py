@@ -222,6 +222,16 @@ def _run_trial(values: dict, base: dict, sweep: SweepConfig, trials_dir: str, cw
     run_mass_edit(cfg, train_callbacks=[TuneReportCallback()])
 
 
+def trial_driver_resources() -> dict[str, float]:
+    """What each trial's driver (`_run_trial`) holds: a sliver of CPU, since it only waits while
+    its Train workers hold the real resources, on this process's node. Each trial writes its run
+    directory where its driver runs, and this process reads the trials' summaries from there: on
+    a cluster, a trial driver on a GPU node would leave them on that node's disk."""
+    import ray
+
+    return {"CPU": 0.01, f"node:{ray.util.get_node_ip_address()}": 0.001}
+
+
 def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
     """Run every trial, write the trials table and best.yaml, re-run the best on the reported edits."""
     from ray import tune
@@ -240,7 +250,7 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
 
     trainable = tune.with_resources(
         tune.with_parameters(_run_trial, base=base, sweep=sweep, trials_dir=str(out / "trials"), cwd=os.getcwd()),
-        {"CPU": 0.01},  # the trial driver only waits; its Train workers hold the real resources
+        trial_driver_resources(),
     )
     experiment = out / "tune"
     if tune.Tuner.can_restore(str(experiment)):
