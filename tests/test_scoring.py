@@ -85,3 +85,49 @@ def test_actor_pool_scores_match_the_in_process_evaluation(tiny_model, tmp_path)
     # Portability is scored for the two records with questions only, and summed over those.
     assert [("portability" in after_record) for _, _, after_record in rows] == [True, False, False, True, False, False]
     assert summaries[1]["portability"] == pytest.approx(after.summary["portability"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_scoring_actor_killed_mid_evaluation_is_replaced_and_nothing_is_lost(tiny_model, shared_data):
+    """A GPU node lost mid-scoring (spot instances): Ray Data restarts the actor and retries its
+    batch, and every request is scored once, as in an undisturbed evaluation."""
+    import threading
+    import time
+
+    import psutil
+    import ray
+
+    cfg = from_dict(RunConfig, {
+        "data": {"requests": str(shared_data / "counterfact" / "counterfact-edit.json"), "limit": 40},
+        # One request per batch and long generations: the evaluation takes seconds, not a blink.
+        "eval": {"actors": 1, "requests_per_batch": 1, "batch_size": 8, "torch_threads": 1, "cpus_per_actor": 1,
+                 "fluency_tokens": 200}})
+    ray.init(num_cpus=2, include_dashboard=False)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    try:
+        source = open_requests(cfg.data)
+        undisturbed = evaluate_on_cluster(cfg, tiny_model, source.dataset, "counterfact").take_all()
+        outcome = {}
+        evaluation = threading.Thread(
+            target=lambda: outcome.update(rows=evaluate_on_cluster(cfg, tiny_model, source.dataset, "counterfact").take_all()))
+        seen_before = {p.pid for p in psutil.process_iter(["cmdline"]) if "EvaluateRequests" in " ".join(p.info["cmdline"] or [])}
+        evaluation.start()
+        actor, deadline = None, time.monotonic() + 120
+        while actor is None and time.monotonic() < deadline:
+            actor = next((p for p in psutil.process_iter(["cmdline"]) if p.pid not in seen_before
+                          and "EvaluateRequests" in " ".join(p.info["cmdline"] or [])), None)
+            time.sleep(0.1)
+        assert actor is not None, "no scoring actor started"
+        time.sleep(2)  # the model is loaded and scoring its first batches
+        assert evaluation.is_alive(), "the evaluation ended before the actor could be killed"
+        actor.kill()  # SIGKILL, as when a node is lost
+        evaluation.join(timeout=300)
+        replacements = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in seen_before | {actor.pid}
+                        and "EvaluateRequests" in " ".join(p.info["cmdline"] or [])]
+    finally:
+        ray.shutdown()
+    assert replacements, "no actor replaced the killed one"
+    rows = outcome["rows"]
+    assert len({json.loads(r["request"])["case_id"] for r in rows}) == len(rows) == 40
+    assert [r["request"] for r in rows] == [r["request"] for r in undisturbed]  # each request once, in order
+    assert [r["scores"] for r in rows] == [r["scores"] for r in undisturbed]
