@@ -15,9 +15,13 @@ Training does not come here: DeepSpeed ZeRO-3 shards the model over the training
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ftedit.model import decoder_layers, load_causal_lm, load_edited
+
+log = logging.getLogger(__name__)
 
 
 def accelerator_device() -> torch.device:
@@ -35,8 +39,10 @@ def assigned_devices() -> list[torch.device]:
     return [torch.device(kind, i) for i in range(torch.accelerator.device_count())]
 
 
-def _bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+def _bytes(*modules: torch.nn.Module) -> int:
+    """Bytes of the modules' weights and buffers, a tensor they share (tied weights) counted once."""
+    tensors = {id(t): t for m in modules for t in (*m.parameters(), *m.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def balanced_device_map(model: torch.nn.Module, devices: list) -> dict[str, str]:
@@ -63,7 +69,7 @@ def balanced_device_map(model: torch.nn.Module, devices: list) -> dict[str, str]
             weights = {id(p) for p in child.parameters()}
             (first if not weights or weights & embedding_weights else last)[name] = child
 
-    sizes = [sum(map(_bytes, first.values())), *map(_bytes, layers), sum(map(_bytes, last.values()))]
+    sizes = [_bytes(*first.values()), *map(_bytes, layers), _bytes(*last.values())]
     share = sum(sizes) / len(devices)
     placed, so_far = [], 0
     for size in sizes:  # each part goes where the middle of its bytes falls
@@ -84,8 +90,23 @@ def place_replica(model, devices: list | None = None):
         return model.to(devices[0] if devices else "cpu")
     from accelerate import dispatch_model
 
+    device_map = balanced_device_map(model, devices)
+    log.info("replica spread over %d devices: %s", len(devices), describe(model, device_map))
     # force_hooks: the hooks go on even if every device is the same one (the CPU test).
-    return dispatch_model(model, balanced_device_map(model, devices), main_device=str(devices[0]), force_hooks=True)
+    return dispatch_model(model, device_map, main_device=str(devices[0]), force_hooks=True)
+
+
+def describe(model, device_map: dict[str, str]) -> str:
+    """'cuda:0 layers 0-39 (70.4 GB), cuda:1 layers 40-79 (70.6 GB)': what went where, for the log."""
+    layers_name, _ = decoder_layers(model)
+    parts = []
+    for device in dict.fromkeys(device_map.values()):  # each device once, in order
+        names = [name for name, d in device_map.items() if d == device]
+        layers = [int(n.rsplit(".", 1)[1]) for n in names if n.startswith(layers_name + ".")]
+        span = f"layers {min(layers)}-{max(layers)}" if layers else "no layers"
+        size = _bytes(*(model.get_submodule(n) for n in names)) / 1e9
+        parts.append(f"{device} {span} ({size:.1f} GB)")
+    return ", ".join(parts)
 
 
 def load_replica(model_path, dtype: str, trained_dir=None, devices: list | None = None):

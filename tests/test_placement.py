@@ -49,6 +49,25 @@ def test_layers_are_cut_into_contiguous_runs_of_about_equal_bytes():
     assert max(loads.values()) - min(loads.values()) <= layer_bytes, loads
 
 
+def test_the_log_says_which_layers_went_where():
+    from ftedit.placement import describe
+
+    model = llama(layers=4, tied=False)
+    device_map = balanced_device_map(model, GPUS[:2])
+    text = describe(model, device_map)
+    first, second = text.split(", ")
+    assert first.startswith("cuda:0 layers 0-") and second.startswith("cuda:1 layers ") and "-3 (" in second
+
+
+def test_a_shared_weight_is_counted_once():
+    from ftedit.placement import _bytes
+
+    tied = llama(layers=1, tied=True)
+    embedding = tied.model.embed_tokens.weight
+    assert tied.lm_head.weight is embedding
+    assert _bytes(tied.model.embed_tokens, tied.lm_head) == embedding.numel() * embedding.element_size()
+
+
 def test_a_tied_output_layer_stays_with_the_input_embedding():
     model = llama(layers=4, tied=True)
     device_map = balanced_device_map(model, GPUS[:2])
