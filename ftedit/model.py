@@ -35,6 +35,9 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", attention: str | No
     (None: its default)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ftedit.assets import on_this_node
+
+    path = on_this_node(path)  # a Ray worker may run on another machine than the driver
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation=attention)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer

@@ -67,6 +67,9 @@ class SimilarFacts:
 
             show_progress()
             torch.set_num_threads(os.cpu_count() or 1)
+        from ftedit.assets import on_this_node
+
+        embedder_path = on_this_node(embedder_path)  # a Ray worker may run on another machine
         self.tokenizer = AutoTokenizer.from_pretrained(embedder_path)
         self.model = AutoModel.from_pretrained(embedder_path).eval()
         log.info("embedding %d pool facts for similar-fact augmentation", len(pool_prompts))

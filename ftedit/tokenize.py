@@ -79,7 +79,9 @@ class TokenizeBatch:
     def __init__(self, tokenizer_path: str, conditional: bool):
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        from ftedit.assets import on_this_node
+
+        self.tokenizer = AutoTokenizer.from_pretrained(on_this_node(tokenizer_path))
         self.conditional = conditional
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -126,3 +126,21 @@ def test_resolve_model_path_rejects_non_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a Hugging Face checkpoint"):
         resolve_model_path(str(tmp_path), str(tmp_path / "cache"))
     assert resolve_model_path("tiny-random-llama", str(tmp_path / "cache")).joinpath("config.json").is_file()
+
+
+def test_a_worker_on_another_machine_unpacks_a_bundled_model_or_names_the_missing_one(tmp_path):
+    """The driver resolves `tiny-random-llama` into its cache; a Ray worker on a machine that never
+    saw that cache (here: the folder removed) unpacks it there when it loads the model."""
+    import shutil
+
+    from ftedit.tokenize import TokenizeBatch
+
+    resolved = resolve_model_path("tiny-random-llama", str(tmp_path / "cache"))
+    expected = logits(load_causal_lm(resolved)[0], torch.tensor([[3, 4, 5]]))
+    shutil.rmtree(resolved)
+    model, tokenizer = load_causal_lm(resolved)
+    assert torch.equal(logits(model, torch.tensor([[3, 4, 5]])), expected)  # the same model, rebuilt here
+    shutil.rmtree(resolved)
+    assert TokenizeBatch(str(resolved), conditional=True).tokenizer.get_vocab() == tokenizer.get_vocab()
+    with pytest.raises(FileNotFoundError, match="is not on this machine .* the same path"):
+        load_causal_lm(tmp_path / "models" / "llama-3-8b")
