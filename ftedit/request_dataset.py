@@ -1,7 +1,7 @@
 """Edit requests as a Ray Dataset: read from many files (globs), parsed and validated on the cluster.
 
 The driver never holds the requests. Ray Data tasks read the files and parse every record with
-the parsers of `request_formats.py`; the driver reads back only three 8-byte keys per request (case id,
+the parsers of `request_formats.py` (on the driver's node: the files need not be on any other); the driver reads back only three 8-byte keys per request (case id,
 prompt, target) to run the checks that span records (`requests.cross_record_conflicts`, the same
 function `load_requests` runs in memory), plus the rows of records that failed. What the run then
 needs from all requests at once also comes back condensed: the keys of every evaluation prompt
@@ -101,6 +101,16 @@ def _count_records(batch: dict) -> dict:
     return {"count": np.array(counts, dtype=np.int64), "error": np.array(errors, dtype=object)}
 
 
+def on_the_drivers_node() -> dict:
+    """Ray remote args that run a task where the driver runs: the tasks that open the requests
+    files, which are checked there and need not exist on any other node of a cluster (and
+    inside a sweep trial, a task with no strategy of its own would wait on the trial's
+    placement group)."""
+    import ray
+
+    return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
+
+
 def _file_windows(paths: list[Path], offset: int, limit: int | None) -> list[tuple[int, int]]:
     """(start, stop) of the records each file contributes (stop -1: to its end)."""
     import ray
@@ -110,7 +120,8 @@ def _file_windows(paths: list[Path], offset: int, limit: int | None) -> list[tup
     if offset == 0 and limit is None:
         return [(0, -1)] * len(paths)
     # offset/limit count records across files in order: count each file's records (on the cluster).
-    counts = ray.data.from_items([{"file": str(p)} for p in paths]).map_batches(_count_records, batch_size=1).take_all()
+    counts = ray.data.from_items([{"file": str(p)} for p in paths]).map_batches(
+        _count_records, batch_size=1, **on_the_drivers_node()).take_all()
     windows, skip, left = [], offset, limit
     for row in counts:
         if row["error"]:
@@ -179,6 +190,7 @@ def open_requests(data: DataConfig) -> RequestSource:
     parsed = ray.data.from_items(files).map_batches(
         _parse_files, batch_size=1,
         fn_kwargs={"format": data.format, "zsre_target": data.zsre_target, "mquake_neighbours": data.mquake_neighbours},
+        **on_the_drivers_node(),
     ).materialize()
 
     # Only fixed-size keys, each batch's formats and the error rows come back to the driver.

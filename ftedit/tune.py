@@ -222,14 +222,16 @@ def _run_trial(values: dict, base: dict, sweep: SweepConfig, trials_dir: str, cw
     run_mass_edit(cfg, train_callbacks=[TuneReportCallback()])
 
 
-def trial_driver_resources() -> dict[str, float]:
+def trial_driver_resources():
     """What each trial's driver (`_run_trial`) holds: a sliver of CPU, since it only waits while
     its Train workers hold the real resources, on this process's node. Each trial writes its run
     directory where its driver runs, and this process reads the trials' summaries from there: on
     a cluster, a trial driver on a GPU node would leave them on that node's disk."""
     import ray
+    from ray import tune
 
-    return {"CPU": 0.01, f"node:{ray.util.get_node_ip_address()}": 0.001}
+    here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
+    return tune.PlacementGroupFactory([{"CPU": 0.01}], bundle_label_selector=[here])
 
 
 def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
