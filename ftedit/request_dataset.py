@@ -1,11 +1,12 @@
 """Edit requests as a Ray Dataset: read from many files (globs), parsed and validated on the cluster.
 
-The driver never holds the requests. Ray Data tasks read the files and parse every record with
-the parsers of `request_formats.py` (on the driver's node: the files need not be on any other); the driver reads back only three 8-byte keys per request (case id,
-prompt, target) to run the checks that span records (`requests.cross_record_conflicts`, the same
-function `load_requests` runs in memory), plus the rows of records that failed. What the run then
-needs from all requests at once also comes back condensed: the keys of every evaluation prompt
-(never trained on) and the indices of the pool facts to drop (`pool_exclusions`).
+The driver never holds the requests. Ray Data tasks on the driver's node (the files need be on no
+other) read the files and parse every record with the parsers of `request_formats.py`; the driver
+reads back only three 8-byte keys per request (case id, prompt, target) to run the checks that
+span records (`requests.cross_record_conflicts`, the same function `load_requests` runs in
+memory), plus the rows of records that failed. What the run then needs from all requests at
+once also comes back condensed: the keys of every evaluation prompt (never trained on) and the
+indices of the pool facts to drop (`pool_exclusions`).
 """
 
 from __future__ import annotations
@@ -102,10 +103,9 @@ def _count_records(batch: dict) -> dict:
 
 
 def on_the_drivers_node() -> dict:
-    """Ray remote args that run a task where the driver runs: the tasks that open the requests
-    files, which are checked there and need not exist on any other node of a cluster (and
-    inside a sweep trial, a task with no strategy of its own would wait on the trial's
-    placement group)."""
+    """Ray remote args that run a task where the driver runs (by Ray's node-id label): for the
+    tasks that open the requests files, which the driver checks and which need not exist on any
+    other node of a cluster."""
     import ray
 
     return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}

@@ -62,13 +62,13 @@ class SimilarFacts:
     def __init__(self, embedder_path: str, pool_prompts: list[str], k: int, ray_stage: bool = False):
         from transformers import AutoModel, AutoTokenizer
 
+        from ftedit.assets import on_this_node
+
         if ray_stage:
             from ftedit.logs import show_progress
 
             show_progress()
             torch.set_num_threads(os.cpu_count() or 1)
-        from ftedit.assets import on_this_node
-
         embedder_path = on_this_node(embedder_path)  # a Ray worker may run on another machine
         self.tokenizer = AutoTokenizer.from_pretrained(embedder_path)
         self.model = AutoModel.from_pretrained(embedder_path).eval()
