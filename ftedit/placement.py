@@ -6,7 +6,7 @@ replica of the model on a Ray actor (or task) given `eval.gpus_per_actor` GPUs:
 - none: the replica stays on the CPU;
 - one: the whole model moves there;
 - several (a model too big for one GPU: Llama-3-70B in bf16 is 140 GB): consecutive decoder
-  layers go to each GPU, about equal bytes per GPU, and accelerate's hooks carry the activations
+  layers go to each GPU, as evenly as whole layers allow, and accelerate's hooks carry the activations
   from one to the next. One GPU computes at a time (no pipelining), which scoring can afford:
   it is a small part of a run, and the alternative is not scoring at all.
 
@@ -47,38 +47,55 @@ def _bytes(*modules: torch.nn.Module) -> int:
 
 def balanced_device_map(model: torch.nn.Module, devices: list) -> dict[str, str]:
     """accelerate's device map spreading `model` over `devices`: a contiguous run of decoder
-    layers per device, cut where the bytes (the layers', plus the embeddings' on the first device
-    and the final norm's and output layer's on the last) are closest to equal.
+    layers per device, cut so that the fullest device holds as few bytes as it can
+    (`contiguous_cut`), and every other module (embeddings, rotary tables, final norm, output
+    layer) on the first device.
 
-    Found structurally, as `model.decoder_layers` finds the layers: the modules beside the layers
-    (embeddings, final norm, rotary tables, output layer) are the other children of the layers'
-    ancestors. The input embedding, whatever shares a weight with it (a tied output layer) and
-    modules without weights go to the first device; the rest to the last.
+    The first device, because the model's own forward code works there: accelerate hands the
+    model's arguments to it, and the output layer picks the scored positions with a mask built
+    from them (`loss.target_logits` passes `logits_to_keep` as a tensor); on another GPU than
+    the final hidden states that indexing would fail. The first device also holds the input
+    embedding and any output layer tied to it. Found structurally, as `model.decoder_layers`
+    finds the layers: the other modules are the other children of the layers' ancestors.
     """
     devices = [str(d) for d in devices]
     layers_name, layers = decoder_layers(model)
     parts = layers_name.split(".")
     ancestors = {".".join(parts[:i]) for i in range(len(parts))}  # "", "model", ... above the layers
-    embedding_weights = {id(p) for p in model.get_input_embeddings().parameters()}
-    first, last = {}, {}
+    others = {}
     for ancestor in sorted(ancestors):
         for child_name, child in model.get_submodule(ancestor).named_children():
             name = f"{ancestor}.{child_name}" if ancestor else child_name
-            if name == layers_name or name in ancestors:
-                continue
-            weights = {id(p) for p in child.parameters()}
-            (first if not weights or weights & embedding_weights else last)[name] = child
+            if name != layers_name and name not in ancestors:
+                others[name] = child
 
-    sizes = [_bytes(*first.values()), *map(_bytes, layers), _bytes(*last.values())]
-    share = sum(sizes) / len(devices)
-    placed, so_far = [], 0
-    for size in sizes:  # each part goes where the middle of its bytes falls
-        placed.append(min(len(devices) - 1, int((so_far + size / 2) / share)))
-        so_far += size
-    device_map = {name: devices[0] for name in first}
-    device_map.update({f"{layers_name}.{i}": devices[index] for i, index in enumerate(placed[1:-1])})
-    device_map.update({name: devices[-1] for name in last})
+    placed = contiguous_cut([_bytes(*others.values()), *map(_bytes, layers)], len(devices))
+    device_map = {name: devices[0] for name in others}
+    device_map.update({f"{layers_name}.{i}": devices[index] for i, index in enumerate(placed[1:])})
     return device_map
+
+
+def contiguous_cut(sizes: list[int], n_devices: int) -> list[int]:
+    """The device of each part, in order: contiguous runs over at most `n_devices`, the largest
+    run's total as small as any cut makes it (a GPU holds no more than it must)."""
+
+    def fill(capacity: int) -> list[int] | None:  # runs as long as `capacity` allows, or None
+        placed, device, load = [], 0, 0
+        for size in sizes:
+            if load and load + size > capacity:
+                device, load = device + 1, 0
+            placed.append(device)
+            load += size
+        return placed if device < n_devices else None
+
+    low, high = max(sizes), sum(sizes)  # the smallest capacity that fits, by bisection
+    while low < high:
+        middle = (low + high) // 2
+        if fill(middle) is None:
+            low = middle + 1
+        else:
+            high = middle
+    return fill(low)
 
 
 def place_replica(model, devices: list | None = None):
