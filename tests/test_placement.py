@@ -16,7 +16,8 @@ from ftedit.evaluate import evaluate
 from ftedit.fluency import generate_greedy
 from ftedit.loss import check_packing
 from ftedit.model import load_causal_lm, pad_token_id
-from ftedit.placement import balanced_device_map, input_device, load_replica, place_replica
+from ftedit.placement import (_bytes, balanced_device_map, contiguous_cut, describe, input_device, load_replica,
+                              place_replica)
 from tests.test_evaluate import REQUESTS
 from tests.test_merge import trained
 
@@ -36,7 +37,7 @@ def device_bytes(model, device_map) -> dict[str, int]:
     return totals
 
 
-def test_layers_are_cut_into_contiguous_runs_of_about_equal_bytes():
+def test_layers_are_cut_into_contiguous_runs_that_fill_no_gpu_more_than_needed():
     model = llama(layers=12, tied=False)
     device_map = balanced_device_map(model, GPUS)
     check_device_map(model, device_map)  # every weight has a device
@@ -54,8 +55,6 @@ def test_layers_are_cut_into_contiguous_runs_of_about_equal_bytes():
 
 
 def test_contiguous_cut_keeps_order_and_minimises_the_fullest_device():
-    from ftedit.placement import contiguous_cut
-
     assert contiguous_cut([5, 1, 1, 1, 1, 1], 2) == [0, 1, 1, 1, 1, 1]  # 5 | 5
     assert contiguous_cut([1] * 6, 3) == [0, 0, 1, 1, 2, 2]
     assert contiguous_cut([2, 9, 2], 3) == [0, 1, 2]
@@ -63,8 +62,6 @@ def test_contiguous_cut_keeps_order_and_minimises_the_fullest_device():
 
 
 def test_the_log_says_which_layers_went_where():
-    from ftedit.placement import describe
-
     model = llama(layers=4, tied=False)
     device_map = balanced_device_map(model, GPUS[:2])
     text = describe(model, device_map)
@@ -73,8 +70,6 @@ def test_the_log_says_which_layers_went_where():
 
 
 def test_a_shared_weight_is_counted_once():
-    from ftedit.placement import _bytes
-
     tied = llama(layers=1, tied=True)
     embedding = tied.model.embed_tokens.weight
     assert tied.lm_head.weight is embedding
