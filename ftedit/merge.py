@@ -15,9 +15,11 @@ are not the checkpoint's) fall back to `load_edited` in memory, with a warning t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -89,21 +91,28 @@ class LoraMerge:
                 self.factors[module.removeprefix(_ADAPTER_PREFIX) + ".weight"] = (a, tensors[module + ".lora_B.weight"])
         self.shapes = {name: (b.shape[0], a.shape[1]) for name, (a, b) in self.factors.items()}
 
-    def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+    def apply(self, name: str, base: Callable[[], torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """The edited tensor `name`; `base()` reads the base's, in `dtype`."""
         a, b = self.factors[name]
-        return merged(weight, (b.float() @ a.float()) * self.scaling)
+        return merged(base(), (b.float() @ a.float()) * self.scaling)
+
+    def close(self) -> None:
+        pass
 
 
 class TrainedLayers:
     """Full fine-tuning's trained tensors, replacing the base's one at a time (read when needed:
-    with every layer trained they are most of the model)."""
+    with every layer trained they are most of the model, and the base's copy is never read)."""
 
     def __init__(self, trained_dir: Path):
         self._file = TensorFileReader(trained_dir / TRAINED_WEIGHTS)
         self.shapes = {name: self._file.shape(name) for name in self._file.entries}
 
-    def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        return self._file.read(name).to(weight.dtype)
+    def apply(self, name: str, base: Callable[[], torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        return self._file.read(name).to(dtype)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def merged(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -132,7 +141,22 @@ def _save_tensor_by_tensor(base: Path, trained_dir: Path, out_dir: Path, dtype: 
     shards = checkpoint_shards(base)
     shapes = _checkpoint_shapes(base, shards)
     tuning = json.loads((trained_dir / TUNING_FILE).read_text())["tuning"]
-    update = LoraMerge(trained_dir) if tuning == "lora" else TrainedLayers(trained_dir)
+    with contextlib.closing(LoraMerge(trained_dir) if tuning == "lora" else TrainedLayers(trained_dir)) as update:
+        _write_edited_shards(base, shards, shapes, update, out_dir, dtype)
+
+    config = AutoConfig.from_pretrained(base)
+    config.dtype = dtype
+    config.save_pretrained(out_dir)
+    try:
+        GenerationConfig.from_pretrained(base).save_pretrained(out_dir)
+    except OSError:  # the base has none: from_pretrained derives one from the config, as it did for the base
+        pass
+    AutoTokenizer.from_pretrained(base).save_pretrained(out_dir)
+
+
+def _write_edited_shards(base: Path, shards: list[str], shapes: dict, update, out_dir: Path,
+                         dtype: torch.dtype) -> None:
+    """The checkpoint's shards (and index) with `update` applied, one tensor in memory at a time."""
     for name, shape in update.shapes.items():
         if name not in shapes:
             raise NotShardable(f"trained weight {name} is not a tensor of the checkpoint")
@@ -149,8 +173,11 @@ def _save_tensor_by_tensor(base: Path, trained_dir: Path, out_dir: Path, dtype: 
 
             def edited(reader=f, layout=layout):
                 for name, out_dtype, _ in layout:
-                    tensor = reader.read(name).to(out_dtype)
-                    yield update.apply(name, tensor) if name in update.shapes else tensor
+                    def read_base(name=name, out_dtype=out_dtype):
+                        return reader.read(name).to(out_dtype)
+
+                    # A replaced tensor (full fine-tuning) is never read from the base.
+                    yield update.apply(name, read_base, out_dtype) if name in update.shapes else read_base()
 
             total_bytes += write_tensor_file(out_dir / shard, layout, edited(), {"format": "pt"})
         log.info("merged model: shard %d/%d written (%s)", n, len(shards), shard)
@@ -158,12 +185,3 @@ def _save_tensor_by_tensor(base: Path, trained_dir: Path, out_dir: Path, dtype: 
         index = json.loads((base / INDEX_FILE).read_text())
         index["metadata"] = {**index.get("metadata", {}), "total_size": total_bytes}
         (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))
-
-    config = AutoConfig.from_pretrained(base)
-    config.dtype = dtype
-    config.save_pretrained(out_dir)
-    try:
-        GenerationConfig.from_pretrained(base).save_pretrained(out_dir)
-    except OSError:  # the base has none: from_pretrained derives one from the config, as it did for the base
-        pass
-    AutoTokenizer.from_pretrained(base).save_pretrained(out_dir)
