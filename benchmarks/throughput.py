@@ -396,8 +396,7 @@ def main() -> None:
         parser.error(str(error))
     show_progress()
 
-    from ftedit.model import load_causal_lm
-    from ftedit.placement import place_replica
+    from ftedit.placement import load_replica
     from ftedit.pipeline import load_inputs, prepare_augmentation, training_dataset
     from ftedit.train import fit
 
@@ -424,9 +423,8 @@ def main() -> None:
             log.info("ray train %d/%d: %s", repeat + 1, args.repeats, ray_runs[-1])
 
         # Scoring last, after every training measurement: it runs the model in this process.
-        model, tokenizer = load_causal_lm(inputs.model_path, cfg.model.dtype)
-        if cfg.train.use_gpu:
-            place_replica(model)  # as a scoring actor places it
+        # As a scoring actor places it (on the CPU unless the run trains on GPUs).
+        model, tokenizer = load_replica(inputs.model_path, cfg.model.dtype, devices=None if cfg.train.use_gpu else [])
         evaluation = scoring_vs_forward(cfg, inputs, model, tokenizer)
         log.info("scoring: %s", evaluation)
 

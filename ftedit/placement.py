@@ -24,19 +24,17 @@ from ftedit.model import decoder_layers, load_causal_lm, load_edited
 log = logging.getLogger(__name__)
 
 
-def accelerator_device() -> torch.device:
-    """This process's first accelerator (a GPU Ray assigned it, whatever its kind) or the CPU."""
-    if torch.accelerator.is_available():
-        return torch.accelerator.current_accelerator()
-    return torch.device("cpu")
-
-
 def assigned_devices() -> list[torch.device]:
     """Every accelerator this process sees (Ray makes only the assigned ones visible); [] on CPU."""
     if not torch.accelerator.is_available():
         return []
     kind = torch.accelerator.current_accelerator().type
     return [torch.device(kind, i) for i in range(torch.accelerator.device_count())]
+
+
+def accelerator_device() -> torch.device:
+    """This process's first accelerator (a GPU Ray assigned it, whatever its kind) or the CPU."""
+    return (assigned_devices() or [torch.device("cpu")])[0]
 
 
 def _bytes(*modules: torch.nn.Module) -> int:
