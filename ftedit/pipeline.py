@@ -24,6 +24,7 @@ from ftedit.report import render_markdown, write_json, write_per_edit
 from ftedit.request_dataset import RequestSource, open_requests, pool_exclusions
 from ftedit.requests import Fact, load_fact_pool
 from ftedit.scoring import evaluate_on_cluster, scored_rows
+from ftedit.unedited import evaluation_identity, reusable_from, unedited_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,15 @@ def load_inputs(cfg: RunConfig) -> Inputs:
     model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
     log.info("%d edit requests (%s, metrics: %s), fact pool %d", source.n_requests, source.format, kind, len(pool))
     return Inputs(source, kind, pool, model_path)
+
+
+def score_unedited(cfg: RunConfig, directory: Path) -> Path:
+    """Score the unedited model on `cfg`'s requests into `directory`, or keep the matching scores
+    an earlier call saved there: what a sweep's trials then share through `eval.unedited_from`."""
+    inputs = load_inputs(cfg)
+    identity = evaluation_identity(cfg, inputs.model_path, inputs.kind, inputs.source.dataset, inputs.source.n_requests)
+    unedited_evaluation(cfg, inputs.model_path, inputs.source.dataset, inputs.kind, directory, identity)
+    return directory
 
 
 def check_usable_pool(cfg: RunConfig, inputs: Inputs, usable: list[Fact]) -> None:
@@ -269,6 +279,8 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
         raise InputError(f"output.dir {out_dir} exists; pick another or set output.overwrite=true")
     inputs = load_inputs(cfg)
     source, kind = inputs.source, inputs.kind
+    identity = evaluation_identity(cfg, inputs.model_path, kind, source.dataset, source.n_requests)
+    reuse = reusable_from(cfg, identity)  # eval.unedited_from, checked against this run's model and requests
     # 2. Augmentation inputs: excluded pool facts and prompts, model-generated prefixes (a pool
     # with no usable fact, or a model that would mix packed rows, is refused here, before the run
     # directory exists).
@@ -288,9 +300,9 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     dataset, counts = training_dataset(cfg, inputs, augmentation)
     clock.lap("training examples")
 
-    # 4. The unedited model, scored by the same code (on Ray Data model actors) as the edited one.
-    log.info("evaluating the unedited model")
-    before = evaluate_on_cluster(cfg, inputs.model_path, source.dataset, kind)
+    # 4. The unedited model, scored by the same code (on Ray Data model actors) as the edited one,
+    # and saved in the run directory, where a resumed run finds it (or taken from eval.unedited_from).
+    before = unedited_evaluation(cfg, inputs.model_path, source.dataset, kind, staging / "unedited", identity, reuse)
     clock.lap("unedited evaluation")
 
     # 5. Train on Ray Train + DeepSpeed.

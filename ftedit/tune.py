@@ -186,15 +186,19 @@ def validation_data(data: DataConfig, sweep: SweepConfig) -> DataConfig:
     )
 
 
-def validation_config(base: dict, values: dict[str, Any], sweep: SweepConfig, out_dir: Path) -> RunConfig:
-    """What a trial runs: the trial's values, on the validation edits, probing every epoch."""
+def validation_config(base: dict, values: dict[str, Any], sweep: SweepConfig, out_dir: Path,
+                      unedited_from: str | None = None) -> RunConfig:
+    """What a trial runs: the trial's values, on the validation edits, probing every epoch,
+    taking the unedited model's scores from `unedited_from` when the sweep scored them once for all."""
     cfg = trial_config(base, values)
     data = validation_data(cfg.data, sweep)
     probe = min(sweep.probe_edits or sweep.validation_edits, sweep.validation_edits)
     # Mid-epoch checkpoints report no probe score, which Tune requires of every result.
     train = dataclasses.replace(cfg.train, checkpoint_every_steps=0)
     return dataclasses.replace(
-        cfg, data=data, train=train, eval=dataclasses.replace(cfg.eval, probe_edits=probe),
+        cfg, data=data, train=train,
+        # The base's own eval.unedited_from (if any) is of the reported edits, never the validation ones.
+        eval=dataclasses.replace(cfg.eval, probe_edits=probe, unedited_from=unedited_from),
         output=dataclasses.replace(cfg.output, dir=str(out_dir), overwrite=True),
     )
 
@@ -207,7 +211,14 @@ def _param_space(sweep: SweepConfig) -> dict:
     return {key: make[kind](values) for key, spec in sweep.space.items() for kind, values in spec.items()}
 
 
-def _run_trial(values: dict, base: dict, sweep: SweepConfig, trials_dir: str, cwd: str) -> None:
+def shares_unedited_evaluation(sweep: SweepConfig) -> bool:
+    """Whether every trial scores the same unedited model on the same edits, so that one
+    evaluation serves them all: no searched key is a model, data or evaluation setting."""
+    return not any(key.split(".")[0] in ("model", "data", "eval") for key in sweep.space)
+
+
+def _run_trial(values: dict, base: dict, sweep: SweepConfig, trials_dir: str, cwd: str,
+               unedited_from: str | None = None) -> None:
     """The Tune trainable: one whole edit run on the validation edits."""
     import os
     from ray import tune
@@ -218,7 +229,7 @@ def _run_trial(values: dict, base: dict, sweep: SweepConfig, trials_dir: str, cw
     show_progress()
     os.chdir(cwd)  # Tune starts trials in their own folder; config paths are relative to the job's
     trial_id = tune.get_context().get_trial_id()
-    cfg = validation_config(base, values, sweep, Path(trials_dir) / trial_id)
+    cfg = validation_config(base, values, sweep, Path(trials_dir) / trial_id, unedited_from)
     run_mass_edit(cfg, train_callbacks=[TuneReportCallback()])
 
 
@@ -241,7 +252,7 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
 
     from ftedit.tune_scheduler import ResumableASHA
 
-    from ftedit.pipeline import init_ray, run_mass_edit
+    from ftedit.pipeline import init_ray, run_mass_edit, score_unedited
 
     started = time.perf_counter()
     out = Path(cfg.output.dir).resolve()
@@ -249,9 +260,16 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
     dump_config(cfg, out / "base.yaml")
     (out / "sweep.yaml").write_text(yaml.safe_dump(dataclasses.asdict(sweep), sort_keys=False))
     init_ray(cfg)
+    unedited = None
+    if shares_unedited_evaluation(sweep):
+        # Once for all trials (and kept for a resumed sweep): ASHA stops weak trials after an
+        # epoch or two, and each would otherwise have scored the unedited model first.
+        log.info("scoring the unedited model on the validation edits once, for every trial")
+        unedited = str(score_unedited(validation_config(base, {}, sweep, out / "trials"), out / "unedited"))
 
     trainable = tune.with_resources(
-        tune.with_parameters(_run_trial, base=base, sweep=sweep, trials_dir=str(out / "trials"), cwd=os.getcwd()),
+        tune.with_parameters(_run_trial, base=base, sweep=sweep, trials_dir=str(out / "trials"), cwd=os.getcwd(),
+                             unedited_from=unedited),
         trial_driver_resources(),
     )
     experiment = out / "tune"

@@ -2,7 +2,9 @@
 DeepSpeed ZeRO-2 + LoRA), plus the failure paths of the job."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +33,7 @@ def smoke_run(tmp_path_factory):
 def test_outputs_are_complete(smoke_run):
     out, proc = smoke_run
     for name in ("config.yaml", "prefixes.json", "per_edit.jsonl", "summary.json", "report.md",
-                 "adapter/adapter_model.safetensors", "model/config.json"):
+                 "adapter/adapter_model.safetensors", "model/config.json", "unedited/evaluation.json"):
         assert (out / name).is_file(), name
     assert not out.with_name(out.name + ".incomplete").exists()
     summary = json.loads((out / "summary.json").read_text())
@@ -199,6 +201,47 @@ def test_zero3_full_finetuning_with_similar_facts_and_own_answers(tmp_path, tiny
     assert trained and all(".layers.1." in name for name in trained)
     assert all(t.numel() > 0 for t in trained.values())  # gathered, not ZeRO-3 placeholders
     assert summary["after"]["em"] > summary["before"]["em"] + 20, (summary["before"], summary["after"])
+
+
+def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_keeps_its_own(smoke_run, tmp_path):
+    """`eval.unedited_from`: a run that trains otherwise on the same edits takes the smoke run's
+    unedited scores instead of scoring the base model again. Its driver is killed once they are
+    in its directory; the same command again finds them there and goes on to training. A run on
+    other edits is refused before anything is written."""
+    first = smoke_run[0]
+    out = tmp_path / "run"
+    command = [sys.executable, "jobs/mass_edit.py", "--config", "configs/smoke.yaml", f"output.dir={out}",
+               "train.epochs=2", "output.save_merged=false", f"eval.unedited_from={first}"]
+    log_path = tmp_path / "killed.log"
+    with log_path.open("w") as log:
+        job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            saved = out.with_name("run.incomplete") / "unedited" / "evaluation.json"
+            deadline = time.monotonic() + 300
+            while not saved.is_file() and job.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert saved.is_file(), log_path.read_text()[-4000:]
+        finally:
+            os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray instance it started
+            job.wait()
+    assert f"unedited model: reusing its scores from {first / 'unedited'}" in log_path.read_text()
+    assert not out.exists()
+
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resuming the interrupted run" in proc.stderr
+    assert f"unedited model: reusing its scores saved in {out.with_name('run.incomplete') / 'unedited'}" in proc.stderr
+    assert "unedited model: scored" not in proc.stderr + log_path.read_text()  # neither attempt scored it
+    assert re.search(r"(?<!un)edited model: scored 6 requests", proc.stderr), proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["before"] == json.loads((first / "summary.json").read_text())["before"]
+    assert summary["train"]["epoch"] == 2 and (out / "unedited" / "evaluation.json").is_file()
+
+    refused = tmp_path / "refused"
+    proc = run_job("--config", "configs/smoke.yaml", f"output.dir={refused}", "data.limit=5",
+                   f"eval.unedited_from={first}", timeout=300)
+    assert proc.returncode == 2 and "eval.unedited_from" in proc.stderr and "n_requests 6 (this run: 5)" in proc.stderr
+    assert not refused.exists() and not refused.with_name("refused.incomplete").exists()
 
 
 def _wait_for_checkpoint(job, staging, name, timeout=600):

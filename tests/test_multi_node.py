@@ -3,6 +3,7 @@ a head node with the driver and a second node, each its own raylet. The nodes sh
 machine's disk, so where a task ran is read from Ray's state API, not from missing files."""
 
 import json
+import time
 
 import pytest
 
@@ -59,3 +60,27 @@ def test_sweep_trial_drivers_run_on_the_sweeps_node(two_nodes, tmp_path):
                        run_config=tune.RunConfig(storage_path=str(tmp_path), name="pinned"))
     results = tuner.fit()
     assert len(results) == 6 and {r.metrics["node"] for r in results} == {two_nodes}
+
+
+def test_the_unedited_scores_are_written_and_read_on_the_drivers_node(two_nodes, tmp_path):
+    """The unedited model's scores, scored wherever the actors ran, go to the run directory on
+    the driver's node and come back from it in order: every write and read task runs there."""
+    import ray
+    from ray.util.state import list_tasks
+
+    from ftedit import unedited
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    rows = [{"position": i, "request": f"r{i}", "scores": "{}", "locality": "[]"} for i in range(64)]
+    scored = ray.data.from_items(rows, override_num_blocks=8).map_batches(lambda b: b).materialize()
+    unedited.save(scored, tmp_path / "unedited", {})
+    assert unedited.load(tmp_path / "unedited").take_all() == rows
+    files = len(list((tmp_path / "unedited" / unedited.SCORES_DIR).glob("*.parquet")))
+    deadline = time.monotonic() + 60  # the state API learns of finished tasks a little later
+    while True:
+        tasks = [t for t in list_tasks(detail=True, limit=10_000) if t.name == "Write" or "_read_files" in t.name]
+        if sum("_read_files" in t.name for t in tasks) >= files or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert files > 1 and sum("_read_files" in t.name for t in tasks) == files, [t.name for t in tasks]
+    assert {t.node_id for t in tasks} == {two_nodes}, [(t.name, t.node_id) for t in tasks]

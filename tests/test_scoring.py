@@ -12,6 +12,7 @@ from ftedit.report import write_per_edit
 from ftedit.request_dataset import open_requests
 from ftedit.requests import load_requests
 from ftedit.scoring import evaluate_on_cluster, scored_rows
+from ftedit import unedited
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(600)
@@ -55,7 +56,9 @@ def test_actor_pool_scores_match_the_in_process_evaluation(tiny_model, tmp_path)
     try:
         source = open_requests(cfg.data)  # the requests as the job reads them: a Ray Dataset
         before_cluster = evaluate_on_cluster(cfg, tiny_model, source.dataset, "counterfact")
-        reference = before_cluster.rename_columns({"scores": "before", "locality": "reference"})
+        # Saved in the run directory and read back, as the job does between the two evaluations.
+        unedited.save(before_cluster, tmp_path / "unedited", {"model": str(tiny_model)})
+        reference = unedited.load(tmp_path / "unedited").rename_columns({"scores": "before", "locality": "reference"})
         # The actors read the trained weights from the run's checkpoint storage, here a file
         # system other than the local one, as S3 is: each actor downloads the checkpoint.
         storage = pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem())

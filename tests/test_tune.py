@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ftedit.config import ConfigError, load_config
-from ftedit.tune import base_values, load_sweep, trial_config, validation_config
+from ftedit.tune import base_values, load_sweep, shares_unedited_evaluation, trial_config, validation_config
 from tests.conftest import REPO
 
 SMOKE = REPO / "configs" / "sweep-smoke.yaml"
@@ -56,7 +56,15 @@ def test_a_trial_runs_its_values_on_the_validation_edits_and_probes_them(tmp_pat
     trial = validation_config(base, {"train.lr": 1e-3, "train.layers": [1]}, sweep, tmp_path / "t")
     assert trial.train.lr == 1e-3 and trial.train.layers == [1]
     assert (trial.data.offset, trial.data.limit, trial.eval.probe_edits) == (4, 4, 4)
-    assert trial.output.dir == str(tmp_path / "t")
+    assert trial.output.dir == str(tmp_path / "t") and trial.eval.unedited_from is None
+    # A sweep that scored the unedited model once hands its scores to every trial; a base config's
+    # own eval.unedited_from names scores of the reported edits, which no trial may take.
+    base["eval"]["unedited_from"] = "runs/reported-edits"
+    shared = validation_config(base, {"train.lr": 1e-3}, sweep, tmp_path / "t", str(tmp_path / "unedited"))
+    assert shared.eval.unedited_from == str(tmp_path / "unedited")
+    assert validation_config(base, {}, sweep, tmp_path / "t").eval.unedited_from is None
+    assert shares_unedited_evaluation(sweep)
+    assert not shares_unedited_evaluation(dataclasses.replace(sweep, space={**sweep.space, "eval.fluency_tokens": {"choice": [0, 8]}}))
     # The best config keeps the reported split: only the searched values differ from the base.
     best = trial_config(base, {"train.lr": 1e-3})
     assert (best.data.offset, best.data.limit, best.eval.probe_edits) == (0, 4, 0)
@@ -75,12 +83,10 @@ def _wait_for_first_finished_trial(proc, experiment, timeout):
 
 def test_sweep_stops_hopeless_trials_survives_failing_ones_and_resumes_after_a_kill(tmp_path):
     out = tmp_path / "sweep"
-    broken = tmp_path / "broken-model"  # a checkpoint directory whose config cannot be read
-    broken.mkdir()
-    (broken / "config.json").write_text("{not json")
-    # 2 learning rates x 2 models, run in this order: (2e-2, tiny) learns, (2e-2, broken) fails,
-    # (1e-8, tiny) cannot move the model and ASHA stops it, (1e-8, broken) fails.
-    space = f"sweep.space={{train.lr: {{grid: [2.0e-2, 1.0e-8]}}, model.path: {{grid: [tiny-random-llama, {broken}]}}}}"
+    # 2 learning rates x 2 LoRA targets, run in this order: (2e-2, all-linear) learns, (2e-2, a
+    # module the model lacks) fails in its Train workers, (1e-8, all-linear) cannot move the model
+    # and ASHA stops it, (1e-8, the missing module) fails.
+    space = "sweep.space={train.lr: {grid: [2.0e-2, 1.0e-8]}, lora.target_modules: {grid: [all-linear, [no_such_proj]]}}"
     command = [sys.executable, "jobs/sweep.py", "--config", str(SMOKE), f"output.dir={out}", space]
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -91,6 +97,10 @@ def test_sweep_stops_hopeless_trials_survives_failing_ones_and_resumes_after_a_k
         first.wait()
     done = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/summary.json")}
     assert len(done) == 1 and not (out / "trials.json").exists()
+    # The unedited model was scored on the validation edits once, before the first trial.
+    shared = out / "unedited"
+    assert (shared / "evaluation.json").is_file()
+    assert (tmp_path / "first.log").read_text().count("unedited model: scored 4 requests") == 1
 
     # The same command again resumes: the finished trial is kept, the rest run.
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200)
@@ -99,18 +109,26 @@ def test_sweep_stops_hopeless_trials_survives_failing_ones_and_resumes_after_a_k
     assert {p: p.stat().st_mtime_ns for p in done} == done  # not run again
     trials = json.loads((out / "trials.json").read_text())
     assert len(trials) == 4
-    by_values = {(t["values"]["train.lr"], t["values"]["model.path"]): t for t in trials}
-    assert by_values[(2e-2, "tiny-random-llama")]["status"] == "completed"
-    assert by_values[(2e-2, "tiny-random-llama")]["epochs"] == 8
+    by_values = {(t["values"]["train.lr"], str(t["values"]["lora.target_modules"])): t for t in trials}
+    assert by_values[(2e-2, "all-linear")]["status"] == "completed"
+    assert by_values[(2e-2, "all-linear")]["epochs"] == 8
     # A learning rate of 1e-8 cannot move the model: ASHA stops it at a milestone.
-    assert by_values[(1e-8, "tiny-random-llama")]["status"].startswith("stopped early")
-    # The broken checkpoint fails its trials; they are listed and the sweep goes on.
-    assert all(by_values[(lr, str(broken))]["status"] == "failed" for lr in (2e-2, 1e-8))
+    assert by_values[(1e-8, "all-linear")]["status"].startswith("stopped early")
+    # A LoRA target the model lacks fails its trials; they are listed and the sweep goes on.
+    failed = [by_values[(lr, "['no_such_proj']")] for lr in (2e-2, 1e-8)]
+    assert all(t["status"] == "failed" and "no_such_proj" in t["detail"] for t in failed), failed
+    # No trial scored the unedited model: each took the sweep's scores (the resumed sweep kept
+    # them too). The one unedited evaluation of this run is the best config's, on the reported edits.
+    assert "unedited model: reusing its scores saved in" in proc.stderr
+    assert proc.stderr.count("unedited model: scored 4 requests") == 1
+    for trial in (out / "trials").iterdir():
+        assert load_config(trial / "config.yaml").eval.unedited_from == str(shared)
+        assert (trial / "unedited" / "evaluation.json").is_file(), trial
     table = (out / "trials.md").read_text()
     assert table.count("| failed") == 2 and "**best**" in table
 
     best = load_config(out / "best.yaml")
-    assert best.train.lr == 2e-2 and best.model.path == "tiny-random-llama"
+    assert best.train.lr == 2e-2 and best.lora.target_modules == "all-linear" and best.eval.unedited_from is None
     assert best.data.limit == 4 and best.data.offset == 0
     summary = json.loads((out / "best-run" / "summary.json").read_text())
     assert summary["n_edits"] == 4 and summary["after"]["efficacy"] == 100.0
