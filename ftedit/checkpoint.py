@@ -146,7 +146,9 @@ def trained_weights_here(checkpoint):
     A scoring actor runs on a GPU node, not beside the driver: it reads the weights from the run's
     checkpoint storage (`train.storage_path`), which every node reaches on a multi-node cluster
     (S3: downloaded to a temporary directory, removed afterwards; a local or mounted path: used
-    as it is), not from the run directory, which is on the driver's node.
+    as it is), not from the run directory, which is on the driver's node. Ray's `as_directory`
+    downloads a checkpoint once per node for the processes that open it at the same time, so
+    the actors of one node, which load together, share one copy.
     """
     from pyarrow.fs import LocalFileSystem
 
