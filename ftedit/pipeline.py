@@ -302,7 +302,8 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
 
     # 4. The unedited model, scored by the same code (on Ray Data model actors) as the edited one,
     # and saved in the run directory, where a resumed run finds it (or taken from eval.unedited_from).
-    before = unedited_evaluation(cfg, inputs.model_path, source.dataset, kind, staging / "unedited", identity, reuse)
+    before, unedited_origin = unedited_evaluation(cfg, inputs.model_path, source.dataset, kind, staging / "unedited",
+                                                  identity, reuse)
     clock.lap("unedited evaluation")
 
     # 5. Train on Ray Train + DeepSpeed.
@@ -334,6 +335,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
         "n_edits": source.n_requests,
         "wall_seconds": time.perf_counter() - started,
         "before": before_summary,
+        "unedited_scores": unedited_origin,
         "after": after_summary,
         "metric_kind": kind,
         "data_format": source.format,

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ftedit.metrics import MetricTotals
+from ftedit.unedited import SCORED
 from ftedit.edit_request import EditRequest
 
 # Skipped requests named in report.md; summary.json keeps every one (a big file may hold thousands).
@@ -81,6 +82,9 @@ def render_markdown(summary: dict) -> str:
         b, a = before.get(key), after.get(key)
         change = "n/a" if a is None or b is None else f"{a - b:+.1f}"
         lines.append(f"| {label} | {_fmt(b)} | {_fmt(a)} | {change} |")
+    origin = summary.get("unedited_scores")
+    if origin and origin != SCORED:  # the before column came from saved scores, not this run's evaluation
+        lines += ["", f"The before column's scores were {origin}."]
     n_locality, n_records = after.get("n_locality"), after.get("n_records")
     if n_locality is not None and n_records and n_locality < n_records:
         lines += ["", f"Locality is measured on the {n_locality} of {n_records} edits that have neighbourhood prompts."]

@@ -139,16 +139,20 @@ def save(scored, directory: Path, identity: dict) -> None:
     partial.rename(directory)
 
 
+SCORED, RESUMED = "scored by this run", "saved by an earlier attempt of this run"
+
+
 def unedited_evaluation(cfg: RunConfig, model_path, requests, kind: str, directory: Path, identity: dict,
                         reuse: Path | None = None):
-    """The unedited model's scores of `requests`, saved in `directory` (the run's `unedited/`):
-    what is already there when it matches `identity` (a resumed run), else a copy of `reuse` (a
-    checked `eval.unedited_from`), else a new evaluation on the scoring actors."""
+    """(the unedited model's scores of `requests`, where they came from), saved in `directory` (the
+    run's `unedited/`): what is already there when it matches `identity` (a resumed run), else a
+    copy of `reuse` (a checked `eval.unedited_from`), else a new evaluation on the scoring actors."""
     from ftedit.scoring import evaluate_on_cluster
 
     saved = _saved_identity(directory)
     if saved is not None and not _differences(saved, identity):
         log.info("unedited model: reusing its scores saved in %s", directory)
+        origin = RESUMED
     elif reuse is not None:
         log.info("unedited model: reusing its scores from %s (eval.unedited_from)", reuse)
         partial = directory.with_name(directory.name + ".partial")
@@ -156,9 +160,11 @@ def unedited_evaluation(cfg: RunConfig, model_path, requests, kind: str, directo
         shutil.copytree(reuse, partial)
         shutil.rmtree(directory, ignore_errors=True)
         partial.rename(directory)
+        origin = f"taken from {reuse} (eval.unedited_from)"
     else:
         if saved is not None:
             log.info("unedited model: the scores saved in %s are of other requests; scoring again", directory)
         log.info("evaluating the unedited model")
         save(evaluate_on_cluster(cfg, model_path, requests, kind), directory, identity)
-    return load(directory)
+        origin = SCORED
+    return load(directory), origin

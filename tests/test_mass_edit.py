@@ -51,6 +51,7 @@ def test_outputs_are_complete(smoke_run):
     assert [r["case_id"] for r in rows] == [f"sample-{i}" for i in range(6)]
     assert len(json.loads((out / "prefixes.json").read_text())) == 8
     assert "| Efficacy |" in report
+    assert summary["unedited_scores"] == "scored by this run" and "The before column" not in report
     assert "edit score" in proc.stdout  # the one-line result for the user
     assert "loss" in proc.stderr and "tokens/s" in proc.stderr  # progress while training
     # ... and while the scoring actors evaluate (Ray workers log nothing at INFO unless told to)
@@ -235,6 +236,8 @@ def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_kee
     assert re.search(r"(?<!un)edited model: scored 6 requests", proc.stderr), proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["before"] == json.loads((first / "summary.json").read_text())["before"]
+    assert summary["unedited_scores"] == "saved by an earlier attempt of this run"
+    assert "The before column's scores were saved by an earlier attempt of this run." in (out / "report.md").read_text()
     assert summary["train"]["epoch"] == 2 and (out / "unedited" / "evaluation.json").is_file()
 
     refused = tmp_path / "refused"

@@ -38,3 +38,10 @@ def test_report_gives_the_wall_time_of_each_stage():
     assert "Wall time, end to end: 1 s." in render_markdown(summary)  # a summary from before stage clocks
     summary |= {"wall_seconds": 449.2, "stage_seconds": {"read requests, prefixes": 20.4, "training": 312.0}}
     assert "Wall time, end to end: 449 s (read requests, prefixes 20 s, training 312 s)." in render_markdown(summary)
+
+
+def test_report_says_when_the_before_column_was_not_scored_by_the_run():
+    summary = summary_of([counterfact_record([pair(0.5, 1.0)], [], [])])
+    assert "before column" not in render_markdown(summary | {"unedited_scores": "scored by this run"})
+    taken = render_markdown(summary | {"unedited_scores": "taken from runs/a/unedited (eval.unedited_from)"})
+    assert "The before column's scores were taken from runs/a/unedited (eval.unedited_from)." in taken

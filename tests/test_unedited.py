@@ -84,15 +84,17 @@ def test_a_resumed_run_keeps_its_saved_scores_and_a_changed_file_is_scored_again
 
     monkeypatch.setattr(ftedit.scoring, "evaluate_on_cluster", evaluate)
     directory, cfg = tmp_path / "run.incomplete" / "unedited", _cfg(None)
-    first = unedited.unedited_evaluation(cfg, "m", "requests", "counterfact", directory, _identity())
-    again = unedited.unedited_evaluation(cfg, "m", "requests", "counterfact", directory, _identity())
+    first, scored_origin = unedited.unedited_evaluation(cfg, "m", "requests", "counterfact", directory, _identity())
+    again, resumed_origin = unedited.unedited_evaluation(cfg, "m", "requests", "counterfact", directory, _identity())
     assert len(calls) == 1 and first.take_all() == again.take_all() == rows
+    assert (scored_origin, resumed_origin) == (unedited.SCORED, unedited.RESUMED)
     # The requests file changed under the same config: its saved scores are not used.
     unedited.unedited_evaluation(cfg, "m", "edited file", "counterfact", directory, _identity(requests_digest="def"))
     assert calls == ["requests", "edited file"]
     assert json.loads((directory / unedited.IDENTITY_FILE).read_text())["requests_digest"] == "def"
     # eval.unedited_from: copied into the run directory, not scored.
     other = tmp_path / "other.incomplete" / "unedited"
-    copied = unedited.unedited_evaluation(cfg, "m", "requests", "counterfact", other, _identity(requests_digest="def"),
-                                          reuse=directory)
+    copied, origin = unedited.unedited_evaluation(cfg, "m", "requests", "counterfact", other,
+                                                  _identity(requests_digest="def"), reuse=directory)
     assert len(calls) == 2 and copied.take_all() == rows and (other / unedited.IDENTITY_FILE).is_file()
+    assert origin == f"taken from {directory} (eval.unedited_from)"
