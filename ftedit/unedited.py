@@ -89,12 +89,14 @@ def reusable_from(cfg: RunConfig, identity: dict) -> Path | None:
     named = Path(cfg.eval.unedited_from).expanduser()
     directory = named / "unedited" if (named / "unedited").is_dir() else named
     saved = _saved_identity(directory)
+    rescore = "; leave eval.unedited_from unset to score the unedited model in this run"
     if saved is None:
-        raise ConfigError("eval.unedited_from", f"{named} holds no saved unedited evaluation "
-                                                f"({IDENTITY_FILE} and {SCORES_DIR}/ of a run's unedited/ directory)")
+        raise ConfigError("eval.unedited_from", f"{named} holds no saved unedited evaluation ({IDENTITY_FILE} and "
+                                                f"{SCORES_DIR}/ of a run's unedited/ directory){rescore}")
     differences = _differences(saved, identity)
     if differences:
-        raise ConfigError("eval.unedited_from", f"{directory} was scored for another run: " + "; ".join(differences))
+        raise ConfigError("eval.unedited_from",
+                          f"{directory} was scored for another run: " + "; ".join(differences) + rescore)
     return directory
 
 
