@@ -9,8 +9,9 @@ training, so it is written to `<run>/unedited/` and taken from there:
 - by any run that names it in `eval.unedited_from`: a sweep's trials all take the one the sweep
   scored once before them, and runs that differ only in how they train (an ablation ladder's
   rungs) can share one.
-`evaluation.json` records what the scores were computed from; a saved evaluation of another
-model, dtype, metric family, fluency setting or set of requests is refused with what differs.
+`evaluation.json` records what the scores were computed from (and which run scored them); a
+saved evaluation of another model, dtype, metric family, fluency setting or set of requests is
+refused with what differs.
 
 Written and read by Ray Data tasks on the driver's node (the run directory is there), as
 parquet: the driver never holds the rows. Between the two evaluations the scores wait on disk,
@@ -127,6 +128,9 @@ def load(directory: Path):
         _read_files, batch_size=1, num_cpus=IO_CPUS, **on_the_drivers_node())
 
 
+SCORED = "scored by this run"
+
+
 def save(scored, directory: Path, identity: dict) -> None:
     """Write an evaluation (`scoring.evaluate_on_cluster`'s output) to `directory`, whole or not at all."""
     from ftedit.request_dataset import on_the_drivers_node
@@ -136,33 +140,32 @@ def save(scored, directory: Path, identity: dict) -> None:
     partial.mkdir(parents=True)
     # File names sort in write-task order, which with preserve_order is the dataset's order.
     scored.write_parquet(str(partial / SCORES_DIR), ray_remote_args={"num_cpus": IO_CPUS, **on_the_drivers_node()})
-    (partial / IDENTITY_FILE).write_text(json.dumps(identity, indent=2) + "\n")
+    (partial / IDENTITY_FILE).write_text(json.dumps({**identity, "origin": SCORED}, indent=2) + "\n")
     shutil.rmtree(directory, ignore_errors=True)
     partial.rename(directory)
 
 
-SCORED, RESUMED = "scored by this run", "saved by an earlier attempt of this run"
-
-
 def unedited_evaluation(cfg: RunConfig, model_path, requests, kind: str, directory: Path, identity: dict,
                         reuse: Path | None = None):
-    """(the unedited model's scores of `requests`, where they came from), saved in `directory` (the
-    run's `unedited/`): what is already there when it matches `identity` (a resumed run), else a
-    copy of `reuse` (a checked `eval.unedited_from`), else a new evaluation on the scoring actors."""
+    """(the unedited model's scores of `requests`, where they came from: `SCORED` or the run they
+    were taken from), saved in `directory` (the run's `unedited/`): what is already there when it
+    matches `identity` (a resumed run), else a copy of `reuse` (a checked `eval.unedited_from`),
+    else a new evaluation on the scoring actors."""
     from ftedit.scoring import evaluate_on_cluster
 
     saved = _saved_identity(directory)
     if saved is not None and not _differences(saved, identity):
         log.info("unedited model: reusing its scores saved in %s", directory)
-        origin = RESUMED
+        origin = saved.get("origin", SCORED)
     elif reuse is not None:
         log.info("unedited model: reusing its scores from %s (eval.unedited_from)", reuse)
         partial = directory.with_name(directory.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         shutil.copytree(reuse, partial)
+        origin = f"taken from {reuse} (eval.unedited_from)"
+        (partial / IDENTITY_FILE).write_text(json.dumps({**identity, "origin": origin}, indent=2) + "\n")
         shutil.rmtree(directory, ignore_errors=True)
         partial.rename(directory)
-        origin = f"taken from {reuse} (eval.unedited_from)"
     else:
         if saved is not None:
             log.info("unedited model: the scores saved in %s are of other requests; scoring again", directory)

@@ -236,8 +236,9 @@ def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_kee
     assert re.search(r"(?<!un)edited model: scored 6 requests", proc.stderr), proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["before"] == json.loads((first / "summary.json").read_text())["before"]
-    assert summary["unedited_scores"] == "saved by an earlier attempt of this run"
-    assert "The before column's scores were saved by an earlier attempt of this run." in (out / "report.md").read_text()
+    origin = f"taken from {first / 'unedited'} (eval.unedited_from)"  # by the killed attempt, kept by this one
+    assert summary["unedited_scores"] == origin
+    assert f"The before column's scores were {origin}." in (out / "report.md").read_text()
     assert summary["train"]["epoch"] == 2 and (out / "unedited" / "evaluation.json").is_file()
 
     refused = tmp_path / "refused"

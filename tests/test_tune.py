@@ -83,11 +83,13 @@ def _wait_for_first_finished_trial(proc, experiment, timeout):
 
 def test_sweep_stops_hopeless_trials_survives_failing_ones_and_resumes_after_a_kill(tmp_path):
     out = tmp_path / "sweep"
-    # 2 learning rates x 2 LoRA targets, run in this order: (2e-2, all-linear) learns, (2e-2, a
-    # module the model lacks) fails in its Train workers, (1e-8, all-linear) cannot move the model
-    # and ASHA stops it, (1e-8, the missing module) fails.
-    space = "sweep.space={train.lr: {grid: [2.0e-2, 1.0e-8]}, lora.target_modules: {grid: [all-linear, [no_such_proj]]}}"
-    command = [sys.executable, "jobs/sweep.py", "--config", str(SMOKE), f"output.dir={out}", space]
+    # 2 learning rates x 2 numbers of similar facts, whose sentence embedder is missing, run in
+    # this order: (2e-2, none) learns, (2e-2, 2) fails for want of the embedder, (1e-8, none)
+    # cannot move the model and ASHA stops it, (1e-8, 2) fails.
+    space = "sweep.space={train.lr: {grid: [2.0e-2, 1.0e-8]}, augment.n_similar: {grid: [0, 2]}}"
+    missing = tmp_path / "no-such-embedder"
+    command = [sys.executable, "jobs/sweep.py", "--config", str(SMOKE), f"output.dir={out}", space,
+               f"augment.embedding_model={missing}"]
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -109,26 +111,28 @@ def test_sweep_stops_hopeless_trials_survives_failing_ones_and_resumes_after_a_k
     assert {p: p.stat().st_mtime_ns for p in done} == done  # not run again
     trials = json.loads((out / "trials.json").read_text())
     assert len(trials) == 4
-    by_values = {(t["values"]["train.lr"], str(t["values"]["lora.target_modules"])): t for t in trials}
-    assert by_values[(2e-2, "all-linear")]["status"] == "completed"
-    assert by_values[(2e-2, "all-linear")]["epochs"] == 8
+    by_values = {(t["values"]["train.lr"], t["values"]["augment.n_similar"]): t for t in trials}
+    assert by_values[(2e-2, 0)]["status"] == "completed"
+    assert by_values[(2e-2, 0)]["epochs"] == 8
     # A learning rate of 1e-8 cannot move the model: ASHA stops it at a milestone.
-    assert by_values[(1e-8, "all-linear")]["status"].startswith("stopped early")
-    # A LoRA target the model lacks fails its trials; they are listed and the sweep goes on.
-    failed = [by_values[(lr, "['no_such_proj']")] for lr in (2e-2, 1e-8)]
-    assert all(t["status"] == "failed" and "no_such_proj" in t["detail"] for t in failed), failed
+    assert by_values[(1e-8, 0)]["status"].startswith("stopped early")
+    # The trials that need the missing embedder fail; they are listed and the sweep goes on.
+    failed = [by_values[(lr, 2)] for lr in (2e-2, 1e-8)]
+    assert all(t["status"] == "failed" and "no-such-embedder" in t["detail"] for t in failed), failed
     # No trial scored the unedited model: each took the sweep's scores (the resumed sweep kept
     # them too). The one unedited evaluation of this run is the best config's, on the reported edits.
     assert "unedited model: reusing its scores saved in" in proc.stderr
     assert proc.stderr.count("unedited model: scored 4 requests") == 1
-    for trial in (out / "trials").iterdir():
+    ran = sorted((out / "trials").iterdir())  # the failed trials stopped before writing anything
+    assert len(ran) == 2, ran
+    for trial in ran:
         assert load_config(trial / "config.yaml").eval.unedited_from == str(shared)
         assert (trial / "unedited" / "evaluation.json").is_file(), trial
     table = (out / "trials.md").read_text()
     assert table.count("| failed") == 2 and "**best**" in table
 
     best = load_config(out / "best.yaml")
-    assert best.train.lr == 2e-2 and best.lora.target_modules == "all-linear" and best.eval.unedited_from is None
+    assert best.train.lr == 2e-2 and best.augment.n_similar == 0 and best.eval.unedited_from is None
     assert best.data.limit == 4 and best.data.offset == 0
     summary = json.loads((out / "best-run" / "summary.json").read_text())
     assert summary["n_edits"] == 4 and summary["after"]["efficacy"] == 100.0

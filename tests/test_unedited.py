@@ -33,7 +33,7 @@ def test_saved_scores_come_back_whole_and_in_request_order(ray_local, tmp_path):
     unedited.save(scored, directory, {"model": "m"})
     assert len(list((directory / unedited.SCORES_DIR).glob("*.parquet"))) > 1  # one file per write task
     assert not directory.with_name("unedited.partial").exists()
-    assert json.loads((directory / unedited.IDENTITY_FILE).read_text()) == {"model": "m"}
+    assert json.loads((directory / unedited.IDENTITY_FILE).read_text()) == {"model": "m", "origin": unedited.SCORED}
     assert unedited.load(directory).take_all() == rows
 
 
@@ -87,7 +87,7 @@ def test_a_resumed_run_keeps_its_saved_scores_and_a_changed_file_is_scored_again
     first, scored_origin = unedited.unedited_evaluation(cfg, "m", "requests", "counterfact", directory, _identity())
     again, resumed_origin = unedited.unedited_evaluation(cfg, "m", "requests", "counterfact", directory, _identity())
     assert len(calls) == 1 and first.take_all() == again.take_all() == rows
-    assert (scored_origin, resumed_origin) == (unedited.SCORED, unedited.RESUMED)
+    assert scored_origin == resumed_origin == unedited.SCORED
     # The requests file changed under the same config: its saved scores are not used.
     unedited.unedited_evaluation(cfg, "m", "edited file", "counterfact", directory, _identity(requests_digest="def"))
     assert calls == ["requests", "edited file"]
@@ -98,3 +98,6 @@ def test_a_resumed_run_keeps_its_saved_scores_and_a_changed_file_is_scored_again
                                                   _identity(requests_digest="def"), reuse=directory)
     assert len(calls) == 2 and copied.take_all() == rows and (other / unedited.IDENTITY_FILE).is_file()
     assert origin == f"taken from {directory} (eval.unedited_from)"
+    # Resumed, the copy still says where it came from.
+    assert unedited.unedited_evaluation(cfg, "m", "requests", "counterfact", other, _identity(requests_digest="def"))[1] == origin
+    assert len(calls) == 2
