@@ -247,6 +247,10 @@ def plan_run(cfg: RunConfig) -> dict:
 
     started = time.perf_counter()
     inputs = load_inputs(cfg)
+    reuse = None
+    if cfg.eval.unedited_from:  # a big job refused at its start would be a plan that lied
+        identity = evaluation_identity(cfg, inputs.model_path, inputs.kind, inputs.source.dataset, inputs.source.n_requests)
+        reuse = reusable_from(cfg, identity)
     augmentation = prepare_augmentation(cfg, inputs, use_gpus=False)  # no GPU node started for a plan
     _, counts = training_dataset(cfg, inputs, augmentation)
     steps = optimizer_steps(counts["examples"], cfg.train)
@@ -254,6 +258,7 @@ def plan_run(cfg: RunConfig) -> dict:
         "n_edits": inputs.source.n_requests,
         "skipped": [str(e) for e in inputs.source.skipped],
         "metric_kind": inputs.kind,
+        "unedited_from": reuse and str(reuse),
         "fact_pool": len(augmentation.pool),
         "prefixes": len(augmentation.prefixes),
         "examples": counts,

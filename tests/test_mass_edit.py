@@ -241,6 +241,9 @@ def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_kee
     assert f"The before column's scores were {origin}." in (out / "report.md").read_text()
     assert summary["train"]["epoch"] == 2 and (out / "unedited" / "evaluation.json").is_file()
 
+    # A dry run checks it too: the plan of a job that takes them, and of one that cannot.
+    proc = run_job("--config", "configs/smoke.yaml", "--dry-run", f"eval.unedited_from={first}", timeout=300)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["unedited_from"] == str(first / "unedited"), proc.stderr[-4000:]
     refused = tmp_path / "refused"
     proc = run_job("--config", "configs/smoke.yaml", f"output.dir={refused}", "data.limit=5",
                    f"eval.unedited_from={first}", timeout=300)
