@@ -297,9 +297,10 @@ class EvalConfig:
     """Intra-op threads per CPU scoring actor; 0 = this node's cores divided by `actors`."""
     unedited_from: str | None = None
     """Take the unedited model's scores from an earlier run (its directory, or its `unedited/`)
-    instead of scoring it again: same model, dtype, requests, metric family and fluency settings,
-    checked before anything runs (`ftedit/unedited.py`). Runs that differ only in how they train
-    share one; a sweep's trials do so by themselves."""
+    instead of scoring it again: same model (its path and its files' sizes and times), dtype,
+    requests, metric family and fluency settings, checked before anything runs
+    (`ftedit/unedited.py`). Runs that differ only in how they train share one; a sweep's trials
+    do so by themselves."""
 
     def __post_init__(self):
         _require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")

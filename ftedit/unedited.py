@@ -60,10 +60,21 @@ def requests_digest(requests) -> str:
     return total.hexdigest()
 
 
+def model_files(model_path) -> str:
+    """A digest of the checkpoint's file names, sizes and modification times: the same path
+    holding other weights (a model trained again in place, a copy) counts as another model."""
+    total = hashlib.sha256()
+    for path in sorted(p for p in Path(model_path).iterdir() if p.is_file()):
+        stat = path.stat()
+        total.update(f"{path.name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return total.hexdigest()[:16]
+
+
 def evaluation_identity(cfg: RunConfig, model_path, kind: str, requests, n_requests: int) -> dict:
     """What an unedited evaluation of this run is computed from."""
     return {
-        "model": str(model_path),
+        "model": str(Path(model_path).resolve()),
+        "model_files": model_files(model_path),
         "dtype": cfg.model.dtype,
         "metric_kind": kind,
         **{key: getattr(cfg.eval, key) for key in _MEASURED},

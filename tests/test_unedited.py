@@ -101,3 +101,14 @@ def test_a_resumed_run_keeps_its_saved_scores_and_a_changed_file_is_scored_again
     # Resumed, the copy still says where it came from.
     assert unedited.unedited_evaluation(cfg, "m", "requests", "counterfact", other, _identity(requests_digest="def"))[1] == origin
     assert len(calls) == 2
+
+
+def test_a_model_changed_in_place_is_another_model(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights")
+    before = unedited.model_files(model)
+    assert unedited.model_files(model) == before
+    (model / "model.safetensors").write_bytes(b"retrained")  # trained again into the same directory
+    assert unedited.model_files(model) != before
