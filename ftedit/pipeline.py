@@ -128,12 +128,17 @@ def load_inputs(cfg: RunConfig) -> Inputs:
     return Inputs(source, kind, pool, model_path)
 
 
+def unedited_identity(cfg: RunConfig, inputs: Inputs) -> dict:
+    """What the unedited model's evaluation of this run is computed from (`unedited.py`)."""
+    return evaluation_identity(cfg, inputs.model_path, inputs.kind, inputs.source.dataset, inputs.source.n_requests)
+
+
 def score_unedited(cfg: RunConfig, directory: Path) -> Path:
     """Score the unedited model on `cfg`'s requests into `directory`, or keep the matching scores
     an earlier call saved there: what a sweep's trials then share through `eval.unedited_from`."""
     inputs = load_inputs(cfg)
-    identity = evaluation_identity(cfg, inputs.model_path, inputs.kind, inputs.source.dataset, inputs.source.n_requests)
-    unedited_evaluation(cfg, inputs.model_path, inputs.source.dataset, inputs.kind, directory, identity)
+    unedited_evaluation(cfg, inputs.model_path, inputs.source.dataset, inputs.kind, directory,
+                        unedited_identity(cfg, inputs))
     return directory
 
 
@@ -249,8 +254,7 @@ def plan_run(cfg: RunConfig) -> dict:
     inputs = load_inputs(cfg)
     reuse = None
     if cfg.eval.unedited_from:  # a big job refused at its start would be a plan that lied
-        identity = evaluation_identity(cfg, inputs.model_path, inputs.kind, inputs.source.dataset, inputs.source.n_requests)
-        reuse = reusable_from(cfg, identity)
+        reuse = reusable_from(cfg, unedited_identity(cfg, inputs))
     augmentation = prepare_augmentation(cfg, inputs, use_gpus=False)  # no GPU node started for a plan
     _, counts = training_dataset(cfg, inputs, augmentation)
     steps = optimizer_steps(counts["examples"], cfg.train)
@@ -284,7 +288,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
         raise InputError(f"output.dir {out_dir} exists; pick another or set output.overwrite=true")
     inputs = load_inputs(cfg)
     source, kind = inputs.source, inputs.kind
-    identity = evaluation_identity(cfg, inputs.model_path, kind, source.dataset, source.n_requests)
+    identity = unedited_identity(cfg, inputs)
     reuse = reusable_from(cfg, identity)  # eval.unedited_from, checked against this run's model and requests
     # 2. Augmentation inputs: excluded pool facts and prompts, model-generated prefixes (a pool
     # with no usable fact, or a model that would mix packed rows, is refused here, before the run

@@ -21,6 +21,7 @@ GPU node) takes nothing with it. A half-written copy (`unedited.partial/`) is ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -142,18 +143,26 @@ def load(directory: Path):
 SCORED = "scored by this run"
 
 
+@contextlib.contextmanager
+def _whole_or_not_at_all(directory: Path, identity: dict, origin: str):
+    """A fresh `<directory>.partial` to fill; with `identity` and `origin` written into it, it
+    replaces `directory` once the block completes (an exception leaves `directory` as it was)."""
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    yield partial
+    (partial / IDENTITY_FILE).write_text(json.dumps({**identity, "origin": origin}, indent=2) + "\n")
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+
+
 def save(scored, directory: Path, identity: dict) -> None:
     """Write an evaluation (`scoring.evaluate_on_cluster`'s output) to `directory`, whole or not at all."""
     from ftedit.request_dataset import on_the_drivers_node
 
-    partial = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    # File names sort in write-task order, which with preserve_order is the dataset's order.
-    scored.write_parquet(str(partial / SCORES_DIR), ray_remote_args={"num_cpus": IO_CPUS, **on_the_drivers_node()})
-    (partial / IDENTITY_FILE).write_text(json.dumps({**identity, "origin": SCORED}, indent=2) + "\n")
-    shutil.rmtree(directory, ignore_errors=True)
-    partial.rename(directory)
+    with _whole_or_not_at_all(directory, identity, SCORED) as partial:
+        partial.mkdir(parents=True)
+        # File names sort in write-task order, which with preserve_order is the dataset's order.
+        scored.write_parquet(str(partial / SCORES_DIR), ray_remote_args={"num_cpus": IO_CPUS, **on_the_drivers_node()})
 
 
 def unedited_evaluation(cfg: RunConfig, model_path, requests, kind: str, directory: Path, identity: dict,
@@ -170,13 +179,9 @@ def unedited_evaluation(cfg: RunConfig, model_path, requests, kind: str, directo
         origin = saved.get("origin", SCORED)
     elif reuse is not None:
         log.info("unedited model: reusing its scores from %s (eval.unedited_from)", reuse)
-        partial = directory.with_name(directory.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(reuse, partial)
         origin = f"taken from {reuse} (eval.unedited_from)"
-        (partial / IDENTITY_FILE).write_text(json.dumps({**identity, "origin": origin}, indent=2) + "\n")
-        shutil.rmtree(directory, ignore_errors=True)
-        partial.rename(directory)
+        with _whole_or_not_at_all(directory, identity, origin) as partial:
+            shutil.copytree(reuse, partial)
     else:
         if saved is not None:
             log.info("unedited model: the scores saved in %s are of other requests; scoring again", directory)
