@@ -30,6 +30,9 @@ def test_cluster_has_a_cpu_head_and_gpu_workers_that_install_ftedit():
     assert gpu_types and all(t["min_workers"] == 0 for t in gpu_types.values())  # scale from zero
     assert sum(t["max_workers"] for t in gpu_types.values()) >= cluster["max_workers"]
     assert any(t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot" for t in gpu_types.values())
+    # The paper configs keep checkpoints in S3, and Ray's AWS provider gives its default instance
+    # profile to the head alone: without one of their own, GPU nodes cannot write there.
+    assert all("IamInstanceProfile" in t["node_config"] for t in gpu_types.values())
     # The checkout is synced to every node and installed with the same pins as locally.
     mount = next(target for target, source in cluster["file_mounts"].items() if source == ".")
     setup = " && ".join(cluster["setup_commands"])
