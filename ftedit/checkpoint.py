@@ -5,10 +5,11 @@ and LR-scheduler state; every rank writes its ZeRO shard and Ray Train gathers a
 into one checkpoint directory) plus `progress.json`: where in the epochs the run stood. When a
 worker dies, Ray Train restarts the worker group (`train.max_failures`) and the loop picks up the
 latest checkpoint; a job re-submitted with the same config finds the same Ray Train run (its name
-is derived from the config) and does the same. Epoch orders are seeded per epoch, so a resumed
+is derived from the config and inputs) and does the same. Epoch orders are seeded per epoch, so a resumed
 run sees the same batches as an uninterrupted one.
 
-The final checkpoint holds only the trained weights (adapter or layers), marked finished.
+The final checkpoint holds only the trained weights (adapter or layers), marked finished. Once the
+run directory has its own copy, the run's checkpoints are deleted from their storage.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
+import posixpath
 import shutil
 import socket
 import tempfile
@@ -27,6 +30,8 @@ from ftedit.config import RunConfig, to_dict
 
 PROGRESS_FILE = "progress.json"
 ENGINE_TAG = "engine"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,16 +54,30 @@ class Progress:
     """The final checkpoint: trained weights, no engine state."""
 
 
-def run_name(cfg: RunConfig) -> str:
-    """The Ray Train run name: the run directory's name and a digest of the config.
+def run_name(cfg: RunConfig, inputs_digest: str = "") -> str:
+    """The Ray Train run name: the run directory's name and a digest of the config and inputs.
 
     The same config (re-submitted after a crash) finds its own checkpoints; a changed config
-    starts a new run instead of resuming someone else's optimizer state.
+    starts a new run instead of resuming someone else's optimizer state. `inputs_digest` stands
+    for what the run reads besides its config (requests, model files, fact pool): a job
+    re-submitted after its requests file changed trains afresh, not on from the old requests.
     """
     settings = to_dict(cfg)
     settings["output"] = {k: v for k, v in settings["output"].items() if k != "overwrite"}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha256((json.dumps(settings, sort_keys=True) + inputs_digest).encode()).hexdigest()[:10]
     return f"{Path(cfg.output.dir).name}-{digest}"
+
+
+def remove_run_checkpoints(checkpoint) -> None:
+    """Delete a finished run's checkpoints from its storage (`train.storage_path`: S3, a shared
+    mount, or the run's staging directory), once the run directory holds its own copy of the
+    trained weights. Nothing is left to resume, and a 70B run's optimizer shards would otherwise
+    stay in the bucket. A storage that refuses the deletion costs a warning, not the results."""
+    run_storage = posixpath.dirname(checkpoint.path.rstrip("/"))  # <storage>/<run name>
+    try:
+        checkpoint.filesystem.delete_dir(run_storage)
+    except OSError as exc:
+        log.warning("could not remove the run's checkpoints at %s (remove them by hand): %s", run_storage, exc)
 
 
 def latest_progress() -> tuple[Progress, object | None]:

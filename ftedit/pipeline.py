@@ -7,6 +7,7 @@ interrupted or failed run never leaves a directory that looks complete.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from ftedit.assets import resolve_model_path
 from ftedit.augment import DigestSet
-from ftedit.checkpoint import copy_trained_weights
+from ftedit.checkpoint import copy_trained_weights, remove_run_checkpoints
 from ftedit.config import ConfigError, RunConfig, dump_config, load_config
 from ftedit.evaluate import metric_kind
 from ftedit.merge import save_merged
@@ -131,6 +132,19 @@ def load_inputs(cfg: RunConfig) -> Inputs:
 def unedited_identity(cfg: RunConfig, inputs: Inputs) -> dict:
     """What the unedited model's evaluation of this run is computed from (`unedited.py`)."""
     return evaluation_identity(cfg, inputs.model_path, inputs.kind, inputs.source.dataset, inputs.source.n_requests)
+
+
+def training_inputs_digest(identity: dict, augmentation: Augmentation) -> str:
+    """A digest of the data a run trains on besides its config: the requests (from the unedited
+    evaluation's `identity`) and the usable pool facts. It goes into the Ray Train run name
+    (`checkpoint.run_name`), so a job re-submitted after its requests or pool file changed does
+    not resume checkpoints trained on the old ones. Files' times are left out (the model's
+    digest has them): a job re-submitted after its head node was replaced reads a fresh copy of
+    the same model and must still find its checkpoints."""
+    total = hashlib.sha256(identity["requests_digest"].encode())
+    for fact in augmentation.pool:
+        total.update(f"{fact.prompt}\t{fact.target}\t{fact.subject}\n".encode())
+    return total.hexdigest()
 
 
 def score_unedited(cfg: RunConfig, directory: Path) -> Path:
@@ -321,6 +335,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     checkpoint, train_metrics = fit(
         cfg, inputs.model_path, dataset, counts["examples"], staging / "ray",
         probe=source.head(cfg.eval.probe_edits), metric_kind=kind, callbacks=train_callbacks,
+        inputs_digest=training_inputs_digest(identity, augmentation),
     )
     trained_dir = staging / ("adapter" if cfg.train.tuning == "lora" else "trained_layers")
     shutil.rmtree(trained_dir, ignore_errors=True)  # from an interrupted attempt
@@ -336,7 +351,10 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     reference = before.rename_columns({"scores": "before", "locality": "reference"})
     after = evaluate_on_cluster(cfg, inputs.model_path, reference, kind, trained=checkpoint)
     before_summary, after_summary = write_per_edit(staging / "per_edit.jsonl", scored_rows(after), kind)
-    shutil.rmtree(staging / "ray", ignore_errors=True)  # local checkpoints (default storage): keep the run small
+    # The run now has its own copy of the trained weights: its checkpoints (in the bucket, on the
+    # shared mount or, by default, in staging/ray) are deleted; nothing is left to resume.
+    remove_run_checkpoints(checkpoint)
+    shutil.rmtree(staging / "ray", ignore_errors=True)
     clock.lap("edited evaluation")
 
     # 7. Report, then make the run directory visible under its real name.

@@ -326,11 +326,13 @@ def worker_runtime_env(train) -> dict | None:
 
 
 def fit(cfg: RunConfig, model_path: Path, dataset, n_examples: int, storage_dir: Path,
-        probe: list | None = None, metric_kind: str = "counterfact", callbacks: list | tuple = ()):
+        probe: list | None = None, metric_kind: str = "counterfact", callbacks: list | tuple = (),
+        inputs_digest: str = ""):
     """Run the train loop on Ray Train workers; returns (final checkpoint, metrics).
 
     Checkpoints live in `train.storage_path` (or `storage_dir`) under the run's name, so a
-    restarted worker group and a re-submitted job with the same config resume from the latest.
+    restarted worker group and a re-submitted job with the same config and inputs
+    (`inputs_digest`, `checkpoint.run_name`) resume from the latest.
     `probe`: edit requests scored after every epoch; `callbacks`: Ray Train callbacks (a sweep
     passes Tune's, which forwards every report to the trial).
     """
@@ -356,7 +358,7 @@ def fit(cfg: RunConfig, model_path: Path, dataset, n_examples: int, storage_dir:
         ),
         datasets={"train": dataset},
         run_config=ray.train.RunConfig(
-            name=run_name(cfg),
+            name=run_name(cfg, inputs_digest),
             storage_path=train.storage_path or str(storage_dir.resolve()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),

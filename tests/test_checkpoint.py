@@ -103,3 +103,27 @@ def test_trained_weights_are_read_from_the_checkpoint_storage_or_the_error_names
     with pytest.raises(FileNotFoundError, match="train.storage_path, which must then be storage every node reaches"):
         with trained_weights_here(Checkpoint(str(tmp_path / "elsewhere" / "final"))):
             pass
+
+
+def test_a_finished_runs_checkpoints_are_deleted_from_their_storage_and_a_refusal_only_warns(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from ray.train import Checkpoint
+
+    from ftedit.checkpoint import remove_run_checkpoints
+
+    run = tmp_path / "storage" / "run-0123456789"
+    for name in ("epoch0005-step000000015/engine", "final"):
+        (run / name).mkdir(parents=True)
+        (run / name / "weights").write_text("w")
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+    remove_run_checkpoints(Checkpoint.from_directory(str(run / "final")))
+    assert not run.exists() and (tmp_path / "storage").is_dir()  # the run's own folder only
+
+    class NoDeleteBucket:  # a bucket policy without s3:DeleteObject
+        def delete_dir(self, path):
+            raise OSError(f"AccessDenied: {path}")
+
+    remove_run_checkpoints(SimpleNamespace(path="bucket/runs/run-0123456789/final", filesystem=NoDeleteBucket()))
+    assert "could not remove the run's checkpoints at bucket/runs/run-0123456789" in caplog.text
+    assert "AccessDenied" in caplog.text

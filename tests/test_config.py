@@ -112,14 +112,30 @@ def test_shipped_configs_validate(path, request):
         load_config(path)
 
 
-def test_run_name_follows_the_config_so_only_the_same_job_resumes():
+def test_run_name_follows_the_config_and_the_training_data_so_only_the_same_job_resumes():
+    from ftedit.augment import DigestSet
     from ftedit.checkpoint import run_name
+    from ftedit.pipeline import Augmentation, training_inputs_digest
+    from ftedit.requests import Fact
 
     cfg = load_config(REPO / "configs" / "smoke.yaml")
     name = run_name(cfg)
     assert name.startswith("smoke-") and run_name(load_config(REPO / "configs" / "smoke.yaml")) == name
     assert run_name(load_config(REPO / "configs" / "smoke.yaml", ["output.overwrite=true"])) == name
     assert run_name(load_config(REPO / "configs" / "smoke.yaml", ["train.lr=1e-3"])) != name
+
+    # The same config over other requests or another pool is another run.
+    def digest(requests_digest, pool, model_files="m1"):
+        identity = {"requests_digest": requests_digest, "model_files": model_files}
+        return training_inputs_digest(identity, Augmentation(["prefix"], pool, DigestSet(), None))
+
+    pool = [Fact("The Louvre is in", "Paris", "The Louvre")]
+    same = digest("r1", pool)
+    assert run_name(cfg, same) == run_name(cfg, digest("r1", list(pool))) != name
+    assert run_name(cfg, digest("r2", pool)) != run_name(cfg, same)
+    assert run_name(cfg, digest("r1", [Fact("The Louvre is in", "Rome", "The Louvre")])) != run_name(cfg, same)
+    # A fresh copy of the same model (new file times on a replaced head node) keeps the name.
+    assert digest("r1", pool, model_files="m2") == same
 
 
 def test_worker_env_goes_to_the_training_workers_as_strings():

@@ -251,35 +251,43 @@ def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_kee
     assert not refused.exists() and not refused.with_name("refused.incomplete").exists()
 
 
-def _wait_for_checkpoint(job, staging, name, timeout=600):
-    """Block until Ray Train has registered the resumable checkpoint `name` of the run."""
+def _wait_for_checkpoint(job, snapshots, name, timeout=600):
+    """Block until Ray Train has registered the resumable checkpoint `name` of the run
+    (`snapshots()`: the texts of its checkpoint_manager_snapshot.json files so far)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert job.poll() is None, "the job ended before a worker could be killed"
-        if any(name in f.read_text() for f in staging.glob("ray/*/checkpoint_manager_snapshot.json")):
+        if any(name in text for text in snapshots()):
             return
         time.sleep(1)
     raise AssertionError(f"no checkpoint {name} in time")
 
 
 def test_rerun_from_the_saved_config_survives_a_killed_worker_and_reproduces_the_run(smoke_run, tmp_path):
-    """The smoke run again, from the config it saved, with one training worker killed mid-run:
-    Ray Train replaces it, training resumes from the latest checkpoint, and the result is the
-    uninterrupted run's, to the last digit."""
+    """The smoke run again, from the config it saved, with its checkpoints in an S3 bucket (moto's
+    S3 server on loopback) and one training worker killed mid-run: Ray Train replaces it, training
+    resumes from the latest checkpoint in the bucket, the scoring actor reads the trained weights
+    from there, and the result is the uninterrupted run's, to the last digit. The finished run's
+    checkpoints are then deleted from the bucket."""
     import psutil
+
+    from tests.s3_server import s3_bucket
 
     first = smoke_run[0]
     out = tmp_path / "run"
     log_path = tmp_path / "job.log"
-    with log_path.open("w") as log:
+    with s3_bucket() as bucket, log_path.open("w") as log:
+        snapshots = lambda: [bucket.read(key).decode() for key in bucket.keys("runs/")  # noqa: E731
+                             if key.endswith("checkpoint_manager_snapshot.json")]
         job = subprocess.Popen(
             [sys.executable, "jobs/mass_edit.py", "--config", str(first / "config.yaml"), f"output.dir={out}",
+             f"train.storage_path=s3://{bucket.name}/runs",
              # A checkpoint every 10 optimizer steps (3 per epoch): step 10 is inside epoch 4.
              "train.max_failures=1", "train.checkpoint_every_epochs=0", "train.checkpoint_every_steps=10"],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **bucket.environment()},
         )
         try:
-            _wait_for_checkpoint(job, out.with_name("run.incomplete"), "step000000010")
+            _wait_for_checkpoint(job, snapshots, "step000000010")
             workers = [p for p in psutil.Process(job.pid).children(recursive=True)
                        if "RayTrainWorker" in " ".join(p.cmdline())]
             assert len(workers) == 2, [p.cmdline() for p in workers]
@@ -288,8 +296,11 @@ def test_rerun_from_the_saved_config_survives_a_killed_worker_and_reproduces_the
         finally:
             if job.poll() is None:
                 job.kill()
+        # The finished run's checkpoints, deleted (what is left is the folder marker of storage_path).
+        assert bucket.keys("runs/run-") == [] and bucket.keys("runs/") == ["runs/"]
     text = log_path.read_text()
     assert "resumed from checkpoint" in text and "epoch 4, micro-batch 1 of it" in text
+    assert f"s3://{bucket.name}/runs" in (out / "config.yaml").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train"]["restarts"] == 1
     # Same seeded prefixes and batches, same optimizer state restored: the first run's result.
