@@ -23,10 +23,11 @@ import posixpath
 import shutil
 import socket
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftedit.config import RunConfig, to_dict
+from ftedit.config import ConfigError, RunConfig, to_dict
 
 PROGRESS_FILE = "progress.json"
 ENGINE_TAG = "engine"
@@ -66,6 +67,28 @@ def run_name(cfg: RunConfig, inputs_digest: str = "") -> str:
     settings["output"] = {k: v for k, v in settings["output"].items() if k != "overwrite"}
     digest = hashlib.sha256((json.dumps(settings, sort_keys=True) + inputs_digest).encode()).hexdigest()[:10]
     return f"{Path(cfg.output.dir).name}-{digest}"
+
+
+def check_storage(storage_path: str | None) -> None:
+    """Refuse a `train.storage_path` that cannot take checkpoints before the run spends anything:
+    a missing bucket, a typo or missing credentials would otherwise surface in Ray Train, after
+    the prefixes and the unedited evaluation. Writes a small file there and removes it, from the
+    driver's node (the workers' own credentials meet the storage when they first checkpoint)."""
+    if not storage_path:
+        return  # the run's staging directory
+    import pyarrow
+    import pyarrow.fs
+
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(storage_path)
+        filesystem.create_dir(path, recursive=True)
+        marker = f"{path.rstrip('/')}/.ftedit-write-check-{uuid.uuid4().hex}"
+        with filesystem.open_output_stream(marker) as stream:
+            stream.write(b"ftedit")
+        filesystem.delete_file(marker)
+    except (OSError, pyarrow.ArrowException, ValueError) as exc:
+        raise ConfigError("train.storage_path", f"cannot write checkpoints to {storage_path}: {exc} (give a bucket "
+                          "or shared mount that exists and that this node's credentials may write to)") from None
 
 
 def remove_run_checkpoints(checkpoint) -> None:

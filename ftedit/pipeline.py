@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ftedit.assets import resolve_model_path
 from ftedit.augment import DigestSet
-from ftedit.checkpoint import copy_trained_weights, remove_run_checkpoints
+from ftedit.checkpoint import check_storage, copy_trained_weights, remove_run_checkpoints
 from ftedit.config import ConfigError, RunConfig, dump_config, load_config
 from ftedit.evaluate import metric_kind
 from ftedit.merge import save_merged
@@ -258,13 +258,15 @@ def training_dataset(cfg: RunConfig, inputs: Inputs, augmentation: Augmentation)
 
 
 def plan_run(cfg: RunConfig) -> dict:
-    """A dry run: validate, augment and tokenize on Ray Data, count; no training, nothing written.
+    """A dry run: validate, augment and tokenize on Ray Data, count; no training, nothing written
+    (but a file written to `train.storage_path` and removed, to check it takes checkpoints).
 
     What a big job will train on (examples by kind, tokens, optimizer steps) before paying for it.
     """
     from ftedit.train import optimizer_steps
 
     started = time.perf_counter()
+    check_storage(cfg.train.storage_path)  # a plan that the job would refuse at once would lie
     inputs = load_inputs(cfg)
     reuse = None
     if cfg.eval.unedited_from:  # a big job refused at its start would be a plan that lied
@@ -300,6 +302,7 @@ def run_mass_edit(cfg: RunConfig, train_callbacks: list | tuple = ()) -> dict:
     # refused first, before Ray starts: that mistake should cost the user seconds, not a minute.
     if out_dir.exists() and not cfg.output.overwrite:
         raise InputError(f"output.dir {out_dir} exists; pick another or set output.overwrite=true")
+    check_storage(cfg.train.storage_path)
     inputs = load_inputs(cfg)
     source, kind = inputs.source, inputs.kind
     identity = unedited_identity(cfg, inputs)

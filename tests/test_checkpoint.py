@@ -127,3 +127,24 @@ def test_a_finished_runs_checkpoints_are_deleted_from_their_storage_and_a_refusa
     remove_run_checkpoints(SimpleNamespace(path="bucket/runs/run-0123456789/final", filesystem=NoDeleteBucket()))
     assert "could not remove the run's checkpoints at bucket/runs/run-0123456789" in caplog.text
     assert "AccessDenied" in caplog.text
+
+
+def test_a_storage_path_that_cannot_take_checkpoints_is_refused_naming_the_key(tmp_path, monkeypatch):
+    import pytest
+
+    from ftedit.checkpoint import check_storage
+    from ftedit.config import ConfigError
+    from tests.s3_server import s3_bucket
+
+    with s3_bucket() as bucket:
+        for key, value in bucket.environment().items():
+            monkeypatch.setenv(key, value)
+        check_storage(f"s3://{bucket.name}/runs")
+        assert bucket.keys() == ["runs/"]  # the check's own file is gone
+        with pytest.raises(ConfigError, match=r"^train\.storage_path: cannot write checkpoints to "
+                                              r"s3://YOUR-BUCKET/runs: .*YOUR-BUCKET"):
+            check_storage("s3://YOUR-BUCKET/runs")  # the paper configs' placeholder, left as it is
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="train.storage_path"):
+        check_storage(str(tmp_path / "file" / "runs"))
+    check_storage(None)  # the default: the run's own staging directory

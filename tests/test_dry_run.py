@@ -4,6 +4,7 @@ plan with a tiny stand-in model."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -25,7 +26,8 @@ def test_paper_scale_config_dry_runs_with_a_tiny_stand_in(config, tiny_model, sh
     proc = subprocess.run(
         [sys.executable, "jobs/mass_edit.py", "--config", f"configs/{config}", "--dry-run",
          f"model.path={tiny_model}", f"data.requests={counterfact / 'counterfact-edit.json'}",
-         f"data.fact_pool={counterfact / 'counterfact-train.json'}", "data.limit=100", f"output.dir={out}"],
+         f"data.fact_pool={counterfact / 'counterfact-train.json'}", "data.limit=100", f"output.dir={out}",
+         f"train.storage_path={tmp_path / 'checkpoints'}"],  # for the config's placeholder bucket (checked below)
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -43,6 +45,25 @@ def test_paper_scale_config_dry_runs_with_a_tiny_stand_in(config, tiny_model, sh
     assert plan["optimizer_steps"] == cfg.train.epochs * steps
     assert plan["train_tokens"] == cfg.train.epochs * plan["examples"]["tokens"] > 0
     assert not out.exists() and not out.with_name("run.incomplete").exists()  # nothing written
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # the storage check left nothing behind
+
+
+def test_a_paper_config_whose_bucket_is_still_the_placeholder_is_refused_before_ray_starts(tmp_path):
+    """The paper configs ship with `s3://YOUR-BUCKET/...`: the dry run (and the job) stops at once,
+    naming the key, not after the prefixes and the unedited evaluation. An S3 server on loopback
+    (moto's) stands in for AWS, which answers the same for a bucket that does not exist."""
+    from tests.s3_server import s3_bucket
+
+    with s3_bucket() as bucket:
+        for extra in (["--dry-run"], [f"output.dir={tmp_path / 'run'}"]):
+            proc = subprocess.run(
+                [sys.executable, "jobs/mass_edit.py", "--config", f"configs/{PAPER_SCALE_CONFIGS[0]}", *extra],
+                cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **bucket.environment()},
+            )
+            assert proc.returncode == 2, proc.stderr[-4000:]
+            assert "error: train.storage_path: cannot write checkpoints to s3://YOUR-BUCKET/" in proc.stderr
+            assert "Started a local Ray instance" not in proc.stderr and not proc.stdout
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("config", PAPER_SCALE_CONFIGS)
