@@ -4,9 +4,9 @@ A resumable checkpoint is DeepSpeed's own checkpoint of the engine (trainable we
 and LR-scheduler state; every rank writes its ZeRO shard and Ray Train gathers all ranks' files
 into one checkpoint directory) plus `progress.json`: where in the epochs the run stood. When a
 worker dies, Ray Train restarts the worker group (`train.max_failures`) and the loop picks up the
-latest checkpoint; a job re-submitted with the same config finds the same Ray Train run (its name
-is derived from the config and inputs) and does the same. Epoch orders are seeded per epoch, so a resumed
-run sees the same batches as an uninterrupted one.
+latest checkpoint; a job re-submitted with the same config and data finds the same Ray Train run
+(its name is derived from both) and does the same. Epoch orders are seeded per epoch, so a
+resumed run sees the same batches as an uninterrupted one.
 
 The final checkpoint holds only the trained weights (adapter or layers), marked finished. Once the
 run directory has its own copy, the run's checkpoints are deleted from their storage.
@@ -60,8 +60,9 @@ def run_name(cfg: RunConfig, inputs_digest: str = "") -> str:
 
     The same config (re-submitted after a crash) finds its own checkpoints; a changed config
     starts a new run instead of resuming someone else's optimizer state. `inputs_digest` stands
-    for what the run reads besides its config (requests, model files, fact pool): a job
-    re-submitted after its requests file changed trains afresh, not on from the old requests.
+    for the data the run trains on besides its config (its requests and usable pool facts,
+    `pipeline.training_inputs_digest`): a job re-submitted after its requests file changed
+    trains afresh instead of going on from checkpoints of the old requests.
     """
     settings = to_dict(cfg)
     settings["output"] = {k: v for k, v in settings["output"].items() if k != "overwrite"}
