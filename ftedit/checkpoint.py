@@ -104,6 +104,27 @@ def remove_run_checkpoints(checkpoint) -> None:
         log.warning("could not remove the run's checkpoints at %s (remove them by hand): %s", run_storage, exc)
 
 
+def remove_abandoned_checkpoints(run_dir: Path, staging: Path, storage_path: str | None) -> None:
+    """Delete the checkpoints of a run that will never resume (a sweep trial that ASHA stopped or
+    that failed, once the sweep is over): `staging/ray` (the default storage) and, in
+    `storage_path`, every Ray Train run named after the run directory (`run_name`). A full
+    fine-tuning sweep of an 8B model would otherwise keep hundreds of GB per stopped trial. The
+    staging directory's other files stay, to show what the trial did."""
+    shutil.rmtree(staging / "ray", ignore_errors=True)
+    if not storage_path:
+        return
+    import pyarrow.fs
+
+    try:
+        filesystem, root = pyarrow.fs.FileSystem.from_uri(storage_path)
+        for info in filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(f"{run_dir.name}-"):
+                filesystem.delete_dir(info.path)
+    except OSError as exc:
+        log.warning("could not remove the checkpoints of %s from %s (remove them by hand): %s",
+                    run_dir.name, storage_path, exc)
+
+
 def latest_progress() -> tuple[Progress, object | None]:
     """(progress, checkpoint) of the latest checkpoint Ray Train hands this attempt, if any.
 

@@ -252,9 +252,11 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
 
     from ftedit.tune_scheduler import ResumableASHA
 
-    from ftedit.pipeline import init_ray, run_mass_edit, score_unedited
+    from ftedit.checkpoint import check_storage, remove_abandoned_checkpoints
+    from ftedit.pipeline import init_ray, run_mass_edit, score_unedited, staging_dir
 
     started = time.perf_counter()
+    check_storage(cfg.train.storage_path)  # once for the sweep, not a failure per trial
     out = Path(cfg.output.dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "base.yaml")
@@ -323,6 +325,14 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
     base_point = base_values(base, sweep) if sweep.include_base else None
     for t in trials:
         t["base"] = t["values"] == base_point
+    for t in trials:  # no trial resumes once the sweep is over: stopped and failed ones keep no checkpoints
+        if t["validation"] is None:
+            try:
+                trial_cfg = validation_config(base, t["values"], sweep, out / "trials" / t["trial_id"])
+            except ConfigError:
+                continue  # values no run accepts: the trial failed before it trained
+            run_dir = Path(trial_cfg.output.dir)
+            remove_abandoned_checkpoints(run_dir, staging_dir(run_dir), trial_cfg.train.storage_path)
     finished = [t for t in trials if t["status"] != "failed" and t["probe"] is not None]
     best = max(finished, key=lambda t: (t["epochs"], t["probe"])) if finished else None
     _write_trials(out, trials, best, sweep.metric)

@@ -148,3 +148,24 @@ def test_a_storage_path_that_cannot_take_checkpoints_is_refused_naming_the_key(t
     with pytest.raises(ConfigError, match="train.storage_path"):
         check_storage(str(tmp_path / "file" / "runs"))
     check_storage(None)  # the default: the run's own staging directory
+
+
+def test_an_abandoned_runs_checkpoints_go_from_staging_and_from_the_bucket_and_only_its_own(tmp_path, monkeypatch):
+    from ftedit.checkpoint import remove_abandoned_checkpoints
+    from tests.s3_server import s3_bucket
+
+    staging = tmp_path / "trial_1.incomplete"
+    (staging / "ray" / "trial_1-0123456789" / "epoch0001").mkdir(parents=True)
+    (staging / "config.yaml").write_text("seed: 0\n")
+    with s3_bucket() as bucket:
+        for key, value in bucket.environment().items():
+            monkeypatch.setenv(key, value)
+        for key in ("runs/trial_1-0123456789/epoch0001/engine.pt", "runs/trial_1-9876543210/final/adapter",
+                    "runs/trial_10-0123456789/final/adapter", "runs/trial_2-0123456789/final/adapter"):
+            bucket.client.put_object(Bucket=bucket.name, Key=key, Body=b"w")
+        remove_abandoned_checkpoints(tmp_path / "trial_1", staging, f"s3://{bucket.name}/runs")
+        # Both Ray Train runs of trial_1 (any config digest) are gone; trial_10's and trial_2's stay.
+        objects = sorted(key for key in bucket.keys() if not key.endswith("/"))  # not pyarrow's folder markers
+        assert objects == ["runs/trial_10-0123456789/final/adapter", "runs/trial_2-0123456789/final/adapter"]
+    assert not (staging / "ray").exists() and (staging / "config.yaml").is_file()
+    remove_abandoned_checkpoints(tmp_path / "trial_3", tmp_path / "trial_3.incomplete", None)  # nothing there: no error

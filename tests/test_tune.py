@@ -41,6 +41,16 @@ def test_bad_sweep_settings_name_the_key(override, key):
     assert info.value.key == key
 
 
+def test_a_sweep_whose_storage_path_cannot_take_checkpoints_stops_before_its_first_trial(tmp_path):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "jobs/sweep.py", "--config", str(SMOKE), f"output.dir={out}",
+                           f"train.storage_path={tmp_path / 'file' / 'checkpoints'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "error: train.storage_path: cannot write checkpoints to" in proc.stderr, proc.stderr
+    assert not out.exists()  # not one trial was started, nothing written
+
+
 def test_include_base_runs_the_base_values_first():
     base, cfg, sweep = load_sweep(SMOKE, ["sweep.include_base=true", "sweep.space={train.lr: {loguniform: [1.0e-3, 1.0e-1]}, "
                                           "augment.n_similar: {choice: [0, 2]}}", "sweep.search=optuna"])
@@ -128,6 +138,9 @@ def test_sweep_stops_hopeless_trials_survives_failing_ones_and_resumes_after_a_k
     for trial in ran:
         assert load_config(trial / "config.yaml").eval.unedited_from == str(shared)
         assert (trial / "unedited" / "evaluation.json").is_file(), trial
+    # The trial ASHA stopped keeps its config and scores but not its checkpoints: none resumes now.
+    stopped = [trial for trial in ran if trial.name.endswith(".incomplete")]
+    assert len(stopped) == 1 and not (stopped[0] / "ray").exists(), stopped
     table = (out / "trials.md").read_text()
     assert table.count("| failed") == 2 and "**best**" in table
 
