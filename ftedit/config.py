@@ -257,6 +257,9 @@ class TrainConfig:
         )
         if self.layers is not None:
             _require(all(i >= 0 for i in self.layers), "layers", f"must be >= 0, got {self.layers}")
+        if self.storage_path is not None:  # a relative path means another place on every node
+            _require("://" in self.storage_path or self.storage_path.startswith("/"), "storage_path",
+                     f"must be an absolute path or a URI such as s3://bucket/prefix, got {self.storage_path!r}")
 
     @property
     def grad_accum_steps(self) -> int:

@@ -45,6 +45,7 @@ def test_int_accepted_for_float_but_bool_not_for_int(tmp_path):
         ("train.max_failures=-2", "train.max_failures"),  # -1 is "no limit"
         ("train.keep_checkpoints=0", "train.keep_checkpoints"),
         ("train.checkpoint_every_steps=-1", "train.checkpoint_every_steps"),
+        ("train.storage_path=runs/checkpoints", "train.storage_path"),  # relative: another place per node
         ("train.batch_size=30", "train.batch_size"),  # not a multiple of micro * workers
         ("train.tuning=qlora", "train.tuning"),
         ("loss.mode=sequence", "loss.mode"),
