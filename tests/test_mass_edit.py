@@ -206,30 +206,38 @@ def test_zero3_full_finetuning_with_similar_facts_and_own_answers(tmp_path, tiny
 
 def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_keeps_its_own(smoke_run, tmp_path):
     """`eval.unedited_from`: a run that trains otherwise on the same edits takes the smoke run's
-    unedited scores instead of scoring the base model again. Its driver is killed once they are
-    in its directory; the same command again finds them there and goes on to training. A run on
-    other edits is refused before anything is written."""
+    unedited scores instead of scoring the base model again. Its driver is killed after its first
+    checkpoint reached the bucket (moto's S3 server); the same command again finds the scores in
+    its directory and resumes training from the bucket. A run on other edits is refused before
+    anything is written."""
+    from tests.s3_server import s3_bucket
+
     first = smoke_run[0]
     out = tmp_path / "run"
-    command = [sys.executable, "jobs/mass_edit.py", "--config", "configs/smoke.yaml", f"output.dir={out}",
-               "train.epochs=2", "output.save_merged=false", f"eval.unedited_from={first}"]
     log_path = tmp_path / "killed.log"
-    with log_path.open("w") as log:
-        job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            saved = out.with_name("run.incomplete") / "unedited" / "evaluation.json"
-            deadline = time.monotonic() + 300
-            while not saved.is_file() and job.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert saved.is_file(), log_path.read_text()[-4000:]
-        finally:
-            os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray instance it started
-            job.wait()
-    assert f"unedited model: reusing its scores from {first / 'unedited'}" in log_path.read_text()
-    assert not out.exists()
+    with s3_bucket() as bucket:
+        command = [sys.executable, "jobs/mass_edit.py", "--config", "configs/smoke.yaml", f"output.dir={out}",
+                   # 10 epochs of 3 steps, a checkpoint after the 5th: ~8 s to kill the driver in.
+                   f"train.storage_path=s3://{bucket.name}/runs",
+                   "output.save_merged=false", f"eval.unedited_from={first}"]
+        environment = {**os.environ, **bucket.environment()}
+        with log_path.open("w") as log:
+            job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=environment)
+            try:
+                _wait_for_checkpoint(job, lambda: [bucket.read(key).decode() for key in bucket.keys("runs/")
+                                                   if key.endswith("checkpoint_manager_snapshot.json")], "epoch0005")
+            finally:
+                os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray instance it started
+                job.wait()
+        assert f"unedited model: reusing its scores from {first / 'unedited'}" in log_path.read_text()
+        assert not out.exists()
 
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=environment)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        # The second attempt's Ray Train run has the first one's name (config and data digest):
+        # it starts from the epoch-5 checkpoint in the bucket, then deletes the run's checkpoints.
+        assert "resumed from checkpoint" in proc.stderr and bucket.keys("runs/run-") == []
     assert "resuming the interrupted run" in proc.stderr
     assert f"unedited model: reusing its scores saved in {out.with_name('run.incomplete') / 'unedited'}" in proc.stderr
     assert "unedited model: scored" not in proc.stderr + log_path.read_text()  # neither attempt scored it
@@ -239,7 +247,8 @@ def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_kee
     origin = f"taken from {first / 'unedited'} (eval.unedited_from)"  # by the killed attempt, kept by this one
     assert summary["unedited_scores"] == origin
     assert f"The before column's scores were {origin}." in (out / "report.md").read_text()
-    assert summary["train"]["epoch"] == 2 and (out / "unedited" / "evaluation.json").is_file()
+    assert summary["train"]["epoch"] == 10 and summary["train"]["restarts"] == 1
+    assert (out / "unedited" / "evaluation.json").is_file()
 
     # A dry run checks it too: the plan of a job that takes them, and of one that cannot.
     proc = run_job("--config", "configs/smoke.yaml", "--dry-run", f"eval.unedited_from={first}", timeout=300)
