@@ -252,8 +252,8 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
 
     from ftedit.tune_scheduler import ResumableASHA
 
-    from ftedit.checkpoint import check_storage, remove_abandoned_checkpoints
-    from ftedit.pipeline import init_ray, run_mass_edit, score_unedited, staging_dir
+    from ftedit.checkpoint import check_storage
+    from ftedit.pipeline import init_ray, run_mass_edit, score_unedited
 
     started = time.perf_counter()
     check_storage(cfg.train.storage_path)  # once for the sweep, not a failure per trial
@@ -325,14 +325,7 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
     base_point = base_values(base, sweep) if sweep.include_base else None
     for t in trials:
         t["base"] = t["values"] == base_point
-    for t in trials:  # no trial resumes once the sweep is over: stopped and failed ones keep no checkpoints
-        if t["validation"] is None:
-            try:
-                trial_cfg = validation_config(base, t["values"], sweep, out / "trials" / t["trial_id"])
-            except ConfigError:
-                continue  # values no run accepts: the trial failed before it trained
-            run_dir = Path(trial_cfg.output.dir)
-            remove_abandoned_checkpoints(run_dir, staging_dir(run_dir), trial_cfg.train.storage_path)
+    _remove_unfinished_trials_checkpoints(trials, base, sweep, out / "trials")
     finished = [t for t in trials if t["status"] != "failed" and t["probe"] is not None]
     best = max(finished, key=lambda t: (t["epochs"], t["probe"])) if finished else None
     _write_trials(out, trials, best, sweep.metric)
@@ -350,6 +343,23 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
     result["wall_seconds"] = time.perf_counter() - started
     (out / "sweep_summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def _remove_unfinished_trials_checkpoints(trials: list[dict], base: dict, sweep: SweepConfig, trials_dir: Path) -> None:
+    """No trial resumes once the sweep is over: those without a run directory (stopped by ASHA,
+    or failed) lose their checkpoints, in their staging directory and in `train.storage_path`."""
+    from ftedit.checkpoint import remove_abandoned_checkpoints
+    from ftedit.pipeline import staging_dir
+
+    for t in trials:
+        if t["validation"] is not None:
+            continue  # finished: its run already deleted its checkpoints
+        try:
+            cfg = validation_config(base, t["values"], sweep, trials_dir / t["trial_id"])
+        except ConfigError:
+            continue  # values no run accepts: the trial failed before it trained
+        run_dir = Path(cfg.output.dir)
+        remove_abandoned_checkpoints(run_dir, staging_dir(run_dir), cfg.train.storage_path)
 
 
 def _trial_row(trial, result, sweep: SweepConfig, epochs: int, trials_dir: Path) -> dict:
