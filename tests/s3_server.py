@@ -5,6 +5,7 @@ the standard AWS variables: a job started with `environment()` in its environmen
 workers, which inherit the driver's) writes `s3://<bucket>/...` to this server instead of AWS.
 """
 
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -30,7 +31,9 @@ class S3Bucket:
 
 
 @contextmanager
-def s3_bucket(name: str = "ftedit-test"):
+def s3_bucket():
+    """A fresh bucket on a server of its own. moto keeps its buckets in the memory of the process,
+    across servers: the name is new each time, so no test sees another's objects."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -41,6 +44,7 @@ def s3_bucket(name: str = "ftedit-test"):
         endpoint = f"http://127.0.0.1:{port}"
         client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
                               region_name="us-east-1")
+        name = f"ftedit-test-{uuid.uuid4().hex[:12]}"
         client.create_bucket(Bucket=name)
         yield S3Bucket(name, endpoint, client)
     finally:
