@@ -208,8 +208,13 @@ def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_kee
     """`eval.unedited_from`: a run that trains otherwise on the same edits takes the smoke run's
     unedited scores instead of scoring the base model again. Its driver is killed after its first
     checkpoint reached the bucket (moto's S3 server); the same command again finds the scores in
-    its directory and resumes training from the bucket. A run on other edits is refused before
-    anything is written."""
+    its directory and resumes training from the bucket. It trains with `train.precision=auto`,
+    which its workers resolve for their device and the summary records. A run on other edits is
+    refused before anything is written."""
+    import torch
+
+    from ftedit.precision import native_bf16
+
     from tests.s3_server import s3_bucket
 
     first = smoke_run[0]
@@ -218,7 +223,7 @@ def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_kee
     with s3_bucket() as bucket:
         command = [sys.executable, "jobs/mass_edit.py", "--config", "configs/smoke.yaml", f"output.dir={out}",
                    # 10 epochs of 3 steps, a checkpoint after the 5th: ~8 s to kill the driver in.
-                   f"train.storage_path=s3://{bucket.name}/runs",
+                   f"train.storage_path=s3://{bucket.name}/runs", "train.precision=auto",
                    "output.save_merged=false", f"eval.unedited_from={first}"]
         environment = {**os.environ, **bucket.environment()}
         with log_path.open("w") as log:
@@ -248,6 +253,8 @@ def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_kee
     assert summary["unedited_scores"] == origin
     assert f"The before column's scores were {origin}." in (out / "report.md").read_text()
     assert summary["train"]["epoch"] == 10 and summary["train"]["restarts"] == 1
+    # Resolved on the training workers (the driver never builds the model): bf16 where native.
+    assert summary["train"]["precision"] == ("bf16-mixed" if native_bf16(torch.device("cpu")) else "fp32")
     assert (out / "unedited" / "evaluation.json").is_file()
 
     # A dry run checks it too: the plan of a job that takes them, and of one that cannot.
