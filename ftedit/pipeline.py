@@ -266,10 +266,11 @@ def plan_run(cfg: RunConfig) -> dict:
     from ftedit.train import optimizer_steps
 
     started = time.perf_counter()
-    check_storage(cfg.train.storage_path)  # a plan that the job would refuse at once would lie
+    # What the job would refuse at its start is refused here too: a plan that passed them would lie.
+    check_storage(cfg.train.storage_path)
     inputs = load_inputs(cfg)
     reuse = None
-    if cfg.eval.unedited_from:  # a big job refused at its start would be a plan that lied
+    if cfg.eval.unedited_from:
         reuse = reusable_from(cfg, unedited_identity(cfg, inputs))
     augmentation = prepare_augmentation(cfg, inputs, use_gpus=False)  # no GPU node started for a plan
     _, counts = training_dataset(cfg, inputs, augmentation)

@@ -230,8 +230,7 @@ def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_kee
             job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                    env=environment)
             try:
-                _wait_for_checkpoint(job, lambda: [bucket.read(key).decode() for key in bucket.keys("runs/")
-                                                   if key.endswith("checkpoint_manager_snapshot.json")], "epoch0005")
+                _wait_for_checkpoint(job, _snapshots_in(bucket), "epoch0005")
             finally:
                 os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray instance it started
                 job.wait()
@@ -267,12 +266,19 @@ def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_kee
     assert not refused.exists() and not refused.with_name("refused.incomplete").exists()
 
 
+def _snapshots_in(bucket):
+    """What `_wait_for_checkpoint` polls: the checkpoint_manager_snapshot.json texts of the Ray
+    Train runs under the bucket's `runs/`."""
+    return lambda: [bucket.read(key).decode() for key in bucket.keys("runs/")
+                    if key.endswith("checkpoint_manager_snapshot.json")]
+
+
 def _wait_for_checkpoint(job, snapshots, name, timeout=600):
     """Block until Ray Train has registered the resumable checkpoint `name` of the run
     (`snapshots()`: the texts of its checkpoint_manager_snapshot.json files so far)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert job.poll() is None, "the job ended before a worker could be killed"
+        assert job.poll() is None, f"the job ended before its checkpoint {name} was seen"
         if any(name in text for text in snapshots()):
             return
         time.sleep(1)
@@ -293,8 +299,6 @@ def test_rerun_from_the_saved_config_survives_a_killed_worker_and_reproduces_the
     out = tmp_path / "run"
     log_path = tmp_path / "job.log"
     with s3_bucket() as bucket, log_path.open("w") as log:
-        snapshots = lambda: [bucket.read(key).decode() for key in bucket.keys("runs/")  # noqa: E731
-                             if key.endswith("checkpoint_manager_snapshot.json")]
         job = subprocess.Popen(
             [sys.executable, "jobs/mass_edit.py", "--config", str(first / "config.yaml"), f"output.dir={out}",
              f"train.storage_path=s3://{bucket.name}/runs",
@@ -303,7 +307,7 @@ def test_rerun_from_the_saved_config_survives_a_killed_worker_and_reproduces_the
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **bucket.environment()},
         )
         try:
-            _wait_for_checkpoint(job, snapshots, "step000000010")
+            _wait_for_checkpoint(job, _snapshots_in(bucket), "step000000010")
             workers = [p for p in psutil.Process(job.pid).children(recursive=True)
                        if "RayTrainWorker" in " ".join(p.cmdline())]
             assert len(workers) == 2, [p.cmdline() for p in workers]
