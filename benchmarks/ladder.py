@@ -21,7 +21,11 @@ the full fine-tuning rows (a whole-model lr is far below a LoRA lr).
 Every run is a real `run_mass_edit` (Ray Train + DeepSpeed), with fluency on. Rows go to
 benchmarks/results/ladder.json (a row of the same dataset, method, tuning and size is replaced),
 the table in BENCHMARKS.md and benchmarks/results/ladder.png are rebuilt from that file, after
-every rung (a ladder stopped after hours keeps the rungs that finished).
+every rung (a ladder stopped after hours keeps the rungs that finished). The unedited model is
+scored once per size, by the first rung, and every later rung of that size takes those scores
+(`eval.unedited_from`; a rung whose overrides change the model or its dtype scores its own). A
+row's `wall_seconds` is still what its rung costs as a run of its own: a rung that took the scores
+counts the seconds the first rung spent on them, not its own copy of them.
 
 A plan (`--plan`) is a YAML list of such command lines (the arguments after `ladder.py`), run
 in order; `benchmarks/ladder-plan.yaml` is the one behind the published table. Every entry is
@@ -33,6 +37,7 @@ the plan at once, not after a day. The outer command line's `--runs-dir`, `--res
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -49,6 +54,7 @@ from benchmarks.markdown_table import replace_between  # noqa: E402
 from ftedit.config import load_config  # noqa: E402
 from ftedit.logs import show_progress  # noqa: E402
 from ftedit.metrics import SUMMARY_KEYS  # noqa: E402
+from ftedit.unedited import SCORED, measured_settings  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 TABLE_START, TABLE_END = "<!-- ladder:start -->", "<!-- ladder:end -->"
@@ -192,12 +198,13 @@ def run_ladder(base: str, sizes: list[int], tunings: list[str], methods: list[st
     n_unedited = base_cfg.augment.n_unedited
     dataset = Path(base).stem
     rows = []
+    scored = {}  # unedited_settings -> (the run that scored the unedited model, its seconds for it)
     for n in sizes:
         for tuning in tunings:
             for method in methods:
                 name = f"{dataset}-{n}-{tuning}-{method.replace('+', '_')}"
                 run_dir = runs_dir / name
-                cfg = load_config(base, [
+                rung = [
                     *overrides,
                     f"data.limit={n}",
                     f"train.tuning={tuning}",
@@ -206,15 +213,32 @@ def run_ladder(base: str, sizes: list[int], tunings: list[str], methods: list[st
                     "eval.fluency_tokens=" + str(base_cfg.eval.fluency_tokens or 50),
                     f"output.dir={run_dir}",
                     "output.overwrite=true",
-                ])
+                ]
+                cfg = load_config(base, rung)
+                settings = unedited_settings(cfg)
+                source = scored.get(settings)
+                if source is not None:  # the rungs differ in training only: score the unedited model once
+                    cfg = load_config(base, [*rung, f"eval.unedited_from={source[0]}"])
                 logging.getLogger(__name__).info("ladder: %s", name)
                 summary = run_mass_edit(cfg)
+                if source is not None:  # the row's wall time stays what the rung costs as a run of its own
+                    summary = {**summary, "wall_seconds": summary["wall_seconds"]
+                               - summary["stage_seconds"]["unedited evaluation"] + source[1]}
+                elif summary.get("unedited_scores") == SCORED:
+                    scored[settings] = (run_dir, summary["stage_seconds"]["unedited evaluation"])
                 dataset_name = summary["data_format"]
                 if not any(r["method"] == "unedited" and r["n_edits"] == n for r in rows):
                     rows.append(row(dataset_name, "unedited", tuning, n, summary["before"], summary, str(run_dir)))
                 rows.append(row(dataset_name, method, tuning, n, summary["after"], summary, str(run_dir)))
                 on_rung(rows)
     return rows
+
+
+def unedited_settings(cfg) -> str:
+    """What a rung's unedited evaluation depends on in its config (model, requests, dtype, what is
+    measured): rungs with the same share one, through eval.unedited_from."""
+    return json.dumps([dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.data), measured_settings(cfg)],
+                      sort_keys=True, default=str)
 
 
 class _EntryParser(argparse.ArgumentParser):

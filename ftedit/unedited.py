@@ -71,14 +71,19 @@ def model_files(model_path) -> str:
     return total.hexdigest()[:16]
 
 
+def measured_settings(cfg: RunConfig) -> dict:
+    """The settings an unedited evaluation depends on besides the model's files and the requests:
+    the dtype the model is scored in and what is measured. Training settings are not among them."""
+    return {"dtype": cfg.model.dtype, **{key: getattr(cfg.eval, key) for key in _MEASURED}}
+
+
 def evaluation_identity(cfg: RunConfig, model_path, kind: str, requests, n_requests: int) -> dict:
     """What an unedited evaluation of this run is computed from."""
     return {
         "model": str(Path(model_path).resolve()),
         "model_files": model_files(model_path),
-        "dtype": cfg.model.dtype,
+        **measured_settings(cfg),
         "metric_kind": kind,
-        **{key: getattr(cfg.eval, key) for key in _MEASURED},
         "n_requests": n_requests,
         "requests_digest": requests_digest(requests),
     }

@@ -14,6 +14,8 @@ from host import machine  # noqa: E402
 import ladder  # noqa: E402
 from ladder import merge_rows, read_plan, run_ladder, rung_overrides, score_lines  # noqa: E402
 
+from ftedit.unedited import SCORED  # noqa: E402
+
 
 def test_each_rung_adds_one_ingredient():
     assert rung_overrides("FT", 10, 6) == [
@@ -69,6 +71,35 @@ def test_a_ladder_stopped_midway_has_saved_the_rungs_that_finished(monkeypatch, 
                    on_rung=lambda rows: saved.append([r["method"] for r in rows]))
     assert saved == [["unedited", "FT"]]
     assert [Path(d).name for d in calls] == ["smoke-4-lora-FT", "smoke-4-lora-FT_M"]
+
+
+def test_rungs_that_differ_in_training_only_share_one_unedited_evaluation(monkeypatch, tmp_path):
+    import ftedit.pipeline
+
+    side = {"efficacy": 90.0, "generalization": 80.0, "locality": 70.0, "edit_score": 79.0}
+    calls = []
+
+    def fake_run(cfg):  # a run scores the unedited model in 30 s, or copies saved scores in 1 s
+        calls.append((Path(cfg.output.dir).name, cfg.eval.unedited_from))
+        reused = cfg.eval.unedited_from is not None
+        return {"data_format": "jsonl", "before": side, "after": side, "wall_seconds": 100.0,
+                "stage_seconds": {"unedited evaluation": 1.0 if reused else 30.0},
+                "unedited_scores": "taken from ..." if reused else SCORED, "train": {"train_tokens_per_s": 2.0}}
+
+    monkeypatch.setattr(ftedit.pipeline, "run_mass_edit", fake_run)
+    # The full fine-tuning rows load the model in another dtype: another unedited evaluation.
+    rows = run_ladder("configs/smoke.yaml", [4, 6], ["lora", "full"], ["FT", "FT+M"], ["model.dtype=bfloat16"], [],
+                      tmp_path)
+    lora_4, full_4, lora_6, full_6 = (str(tmp_path / f"smoke-{n}-{t}-FT") for n in (4, 6) for t in ("lora", "full"))
+    assert calls == [("smoke-4-lora-FT", None), ("smoke-4-lora-FT_M", lora_4),
+                     ("smoke-4-full-FT", None), ("smoke-4-full-FT_M", full_4),
+                     ("smoke-6-lora-FT", None), ("smoke-6-lora-FT_M", lora_6),
+                     ("smoke-6-full-FT", None), ("smoke-6-full-FT_M", full_6)]
+    # A row's wall time is the rung's cost as a run of its own: a reusing run's own copy of the
+    # scores (1 s) is replaced by the 30 s it took the run that scored them.
+    walls = {(r["n_edits"], r["tuning"], r["method"]): r["wall_seconds"] for r in rows if r["method"] != "unedited"}
+    assert walls == {(n, t, m): 100.0 if m == "FT" else 129.0
+                     for n in (4, 6) for t in ("lora", "full") for m in ("FT", "FT+M")}
 
 
 def test_a_ladder_rung_on_the_tiny_model_writes_rows_table_and_plot(tmp_path):
