@@ -103,14 +103,12 @@ def evaluate_on_cluster(cfg: RunConfig, model_path, requests, kind: str, trained
 
 def scored_rows(scored):
     """(request, before metrics, after metrics) per request of an edited model's evaluation, in
-    order, streamed block by block (the driver holds one block at a time).
+    order, streamed in batches (the driver holds one batch at a time).
 
     Only those three columns are read: the locality probes' scores are as big again, and every
     block the driver reads stays mapped in its memory (at 30,000 edits, 84 MB of the object
-    store against 15 MB; BENCHMARKS.md, "The whole paper-scale job on CPU"). Blocks are taken
-    as the scoring actors made them: batches of another size are copies made in the driver's
-    heap (30,000 rows of 2.5 KB grew it by 24 MB re-batched, 13 MB block by block)."""
+    store against 15 MB; BENCHMARKS.md, "The whole paper-scale job on CPU")."""
     columns = scored.select_columns(["request", "before", "scores"])
-    for batch in columns.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in columns.iter_batches(batch_size=1024, batch_format="numpy"):
         for request, before, after in zip(batch["request"], batch["before"], batch["scores"]):
             yield EditRequest.from_dict(json.loads(request)), json.loads(before), json.loads(after)
