@@ -222,6 +222,12 @@ class TrainConfig:
     """Resumable checkpoints kept (the oldest are deleted); the final weights are always kept."""
     max_failures: int = 0
     """Worker-group restarts after a worker dies (each resumes from the latest checkpoint); -1 = no limit."""
+    controller_poll_s: float = 0.25
+    """Seconds between Ray Train's polls of the workers (Ray's `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`,
+    2 by default; this setting replaces it for the run). A poll also collects the workers'
+    `ray.train.report`s, and a worker holds one report at a time, so at Ray's 2 s every epoch's
+    report waits up to 2 s: the smoke run's 30 steps took 20 s instead of 8 (BENCHMARKS.md, "Ray
+    Train's poll interval"). A poll is one small call per worker."""
     storage_path: str | None = None
     """Where Ray Train keeps checkpoints, and where the edited model's scoring actors read the
     trained weights: null = inside the run's staging directory (one machine); on a cluster,
@@ -247,6 +253,7 @@ class TrainConfig:
             _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
         _require(self.keep_checkpoints > 0, "keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")
         _require(self.max_failures >= -1, "max_failures", f"must be >= -1, got {self.max_failures}")
+        _require(self.controller_poll_s > 0, "controller_poll_s", f"must be > 0, got {self.controller_poll_s}")
         _require(self.pack_length > 0, "pack_length", f"must be > 0, got {self.pack_length}")
         _require(self.micro_batch_size > 0, "micro_batch_size", f"must be > 0, got {self.micro_batch_size}")
         per_step = self.micro_batch_size * self.num_workers

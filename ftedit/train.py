@@ -11,6 +11,7 @@ weights (adapter or layers) are reported as the run's final checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -318,6 +319,22 @@ def _save_from_engine(engine, out_dir: Path, train: TrainConfig, rank: int) -> N
         save_trained(model, out_dir, train.tuning)
 
 
+@contextlib.contextmanager
+def controller_poll(train: TrainConfig):
+    """Ray Train's controller reads its poll interval from this variable of the driver's
+    environment when `fit` starts it; set it for that call only and put back what was there."""
+    name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    before = os.environ.get(name)
+    os.environ[name] = str(train.controller_poll_s)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def worker_runtime_env(train) -> dict | None:
     """Ray Train's worker runtime env: `train.worker_env` as strings. Ray Train adds these to the
     env vars it passes its workers anyway, so the job's own runtime env still applies; None when
@@ -366,7 +383,8 @@ def fit(cfg: RunConfig, model_path: Path, dataset, n_examples: int, storage_dir:
             worker_runtime_env=worker_runtime_env(train),
         ),
     )
-    result = trainer.fit()
+    with controller_poll(train):  # at Ray's 2 s, every epoch's report would wait up to 2 s
+        result = trainer.fit()
     if result.checkpoint is None or Path(result.checkpoint.path).name != "final":
         raise RuntimeError(f"training ended without its final checkpoint: {result.error}")
     return result.checkpoint, result.metrics

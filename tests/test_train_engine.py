@@ -1,9 +1,10 @@
 """The DeepSpeed engine as the train loop sets it up, built in-process on the tiny model, one rank:
 `train.precision=bf16-mixed` computes in bf16 and keeps fp32 weights; leftover op-build locks are
-found before they hang a run."""
+found before they hang a run; Ray Train's controller polls the workers at train.controller_poll_s."""
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,3 +103,37 @@ def test_probe_scoring_runs_on_a_model_prepared_for_autocast(tiny_model):
     assert {"probe_efficacy", "probe_generalization", "probe_locality", "probe_edit_score"} <= set(metrics)
     with pytest.raises(RuntimeError):  # the same scoring without autocast cannot run on it
         _probe_metrics(engine, tokenizer, probe, {"metric_kind": "counterfact"}, from_dict(RunConfig, {}), rank=0)
+
+
+def test_ray_train_polls_its_workers_at_the_configured_interval_for_that_run_only(tmp_path, monkeypatch):
+    """Ray Train's controller reads its poll interval from the driver's environment when the
+    trainer starts; `fit` sets it from train.controller_poll_s for that call, on success or failure,
+    and leaves the environment as it found it."""
+    from types import SimpleNamespace
+
+    import ray.train.torch
+
+    from ftedit.config import RunConfig, from_dict
+    from ftedit.train import fit
+
+    seen = []
+
+    class Trainer:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def fit(self):
+            seen.append(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"))
+            if len(seen) == 2:
+                raise RuntimeError("the workers died")
+            return SimpleNamespace(checkpoint=SimpleNamespace(path=str(tmp_path / "final")), metrics={"epoch": 1})
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", Trainer)
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    cfg = from_dict(RunConfig, {"train": {"controller_poll_s": 0.5}, "output": {"dir": str(tmp_path / "run")}})
+    checkpoint, metrics = fit(cfg, tmp_path / "model", dataset=None, n_examples=4, storage_dir=tmp_path)
+    assert Path(checkpoint.path).name == "final" and "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" not in os.environ
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "7")  # the user's own: replaced, then back
+    with pytest.raises(RuntimeError, match="the workers died"):
+        fit(cfg, tmp_path / "model", dataset=None, n_examples=4, storage_dir=tmp_path)
+    assert seen == ["0.5", "0.5"] and os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "7"
