@@ -222,8 +222,9 @@ def test_the_unedited_scores_of_another_run_are_reused_and_a_resubmitted_run_kee
     log_path = tmp_path / "killed.log"
     with s3_bucket() as bucket:
         command = [sys.executable, "jobs/mass_edit.py", "--config", "configs/smoke.yaml", f"output.dir={out}",
-                   # 10 epochs of 3 steps, a checkpoint after the 5th: ~8 s to kill the driver in.
-                   f"train.storage_path=s3://{bucket.name}/runs", "train.precision=auto",
+                   # 10 epochs of 3 steps, a checkpoint after the 5th. At Ray's own 2 s poll each
+                   # epoch's report waits up to 2 s: ~10 s to kill the driver in, not ~2.
+                   f"train.storage_path=s3://{bucket.name}/runs", "train.precision=auto", "train.controller_poll_s=2",
                    "output.save_merged=false", f"eval.unedited_from={first}"]
         environment = {**os.environ, **bucket.environment()}
         with log_path.open("w") as log:
@@ -302,8 +303,10 @@ def test_rerun_from_the_saved_config_survives_a_killed_worker_and_reproduces_the
         job = subprocess.Popen(
             [sys.executable, "jobs/mass_edit.py", "--config", str(first / "config.yaml"), f"output.dir={out}",
              f"train.storage_path=s3://{bucket.name}/runs",
-             # A checkpoint every 10 optimizer steps (3 per epoch): step 10 is inside epoch 4.
-             "train.max_failures=1", "train.checkpoint_every_epochs=0", "train.checkpoint_every_steps=10"],
+             # A checkpoint every 10 optimizer steps (3 per epoch): step 10 is inside epoch 4. At
+             # Ray's own 2 s poll each epoch's report waits up to 2 s: ~12 s to kill a worker in.
+             "train.max_failures=1", "train.checkpoint_every_epochs=0", "train.checkpoint_every_steps=10",
+             "train.controller_poll_s=2"],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **bucket.environment()},
         )
         try:
