@@ -137,3 +137,9 @@ def test_ray_train_polls_its_workers_at_the_configured_interval_for_that_run_onl
     with pytest.raises(RuntimeError, match="the workers died"):
         fit(cfg, tmp_path / "model", dataset=None, n_examples=4, storage_dir=tmp_path)
     assert seen == ["0.5", "0.5"] and os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "7"
+    # The variable is Ray's, and Ray hands it from the driver to the controller it starts: a Ray
+    # that renamed it would leave the setting doing nothing, so this pins it.
+    from ray.train.v2._internal import constants
+
+    assert constants.HEALTH_CHECK_INTERVAL_S_ENV_VAR == "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    assert constants.HEALTH_CHECK_INTERVAL_S_ENV_VAR in constants.ENV_VARS_TO_PROPAGATE
