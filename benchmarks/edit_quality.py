@@ -50,10 +50,14 @@ def anchors(augment: dict, loss: dict) -> str:
     return f"{n} tokens, " + ("pooled" if weight is None else f"w {weight:g}")
 
 
-def training_numerics(train: dict) -> str:
-    """e.g. "bf16-mixed, eager". Runs from before `train.attention` existed used transformers'
-    default, SDPA."""
-    return f"{train['precision']}, {train.get('attention') or 'sdpa'}"
+def training_numerics(train: dict, trained_in: str | None = None) -> str:
+    """e.g. "bf16-mixed, eager", or "auto: bf16-mixed, eager" where the config said `auto` and the
+    workers resolved it (`trained_in`, from the run's summary; results recorded before it was kept
+    say "auto" alone). Runs from before `train.attention` existed used transformers' default, SDPA."""
+    precision = train["precision"]
+    if precision == "auto" and trained_in:
+        precision = f"auto: {trained_in}"
+    return f"{precision}, {train.get('attention') or 'sdpa'}"
 
 
 def metric_cells(side: dict) -> str:
@@ -81,7 +85,7 @@ def render_table() -> str:
         fluency = (f"{r['before']['fluency']:.0f} -> {r['after']['fluency']:.0f}"
                    if r["before"].get("fluency") is not None else "-")
         rows.append(
-            f"| `{r['config']}` | {r['n_edits']} | {training_numerics(r['resolved_config']['train'])} "
+            f"| `{r['config']}` | {r['n_edits']} | {training_numerics(r['resolved_config']['train'], r.get('trained_precision'))} "
             f"| {locality_mix(r['resolved_config']['augment'])} "
             f"| {anchors(r['resolved_config']['augment'], r['resolved_config']['loss'])} | {metric_cells(r['before'])} "
             f"| {metric_cells(r['after'])} | {fluency} | {r['wall_seconds']:.0f} "
@@ -122,6 +126,7 @@ def record(summary: dict, cfg, label: str, command: str, name: str, date: str | 
         "wall_seconds": summary["wall_seconds"],
         "train_seconds": summary["train"]["train_seconds"],
         "train_tokens_per_s": summary["train"]["train_tokens_per_s"],
+        "trained_precision": summary["train"].get("precision"),  # what `auto` became on the workers
         "examples": summary["examples"],
         "machine": machine(),
         "date": date or datetime.date.today().isoformat(),

@@ -20,6 +20,9 @@ def test_rows_name_precision_and_training_attention_sdpa_for_runs_before_the_key
     assert training_numerics({"precision": "bf16-mixed", "attention": "eager"}) == "bf16-mixed, eager"
     assert training_numerics({"precision": "fp32", "attention": None}) == "fp32, sdpa"
     assert training_numerics({"precision": "fp32"}) == "fp32, sdpa"  # resolved before the key existed
+    assert training_numerics({"precision": "auto", "attention": "eager"}, "bf16-mixed") == "auto: bf16-mixed, eager"
+    assert training_numerics({"precision": "auto", "attention": "eager"}) == "auto, eager"  # recorded before it was kept
+    assert training_numerics({"precision": "fp32"}, "fp32") == "fp32, sdpa"
 
 
 def test_score_cells_read_new_results_and_old_counterfact_only_ones():
