@@ -40,7 +40,8 @@ def test_quickstart_edits_the_bundled_model(tmp_path):
     # under those that still fails if the locality facts stop reaching training.
     assert after["locality"] >= 50.0
     assert after["edit_score"] >= 70.0
-    # Continuation anchors keep the model writing: measured 507 -> 490 with them, 507 -> 85
-    # without (the edited model repeats its new answers), so this fails if anchors stop training.
+    # Continuation anchors keep the model writing: measured 507 -> 500 with them, 507 -> 94
+    # without in bf16-mixed (490 and 85 in fp32; the edited model repeats its new answers), so this
+    # fails if anchors stop training.
     assert after["fluency"] >= 0.8 * before["fluency"]
     assert (out / "model" / "config.json").is_file()
