@@ -170,6 +170,32 @@ def test_prefixes_are_generated_by_the_model_and_reproducible(tiny_model):
     assert all("\n" not in p and "{" not in p for p in first)
 
 
+def test_prefix_sampling_with_the_cache_draws_what_sampling_the_whole_sequence_draws(tiny_model):
+    """`_sample` feeds one token per step and reuses the cache: the tokens must be those of
+    running the model on the whole sequence at every step, as it did before (same seed)."""
+    import torch
+
+    from ftedit.augment import _sample
+    from ftedit.model import load_causal_lm
+
+    model, _ = load_causal_lm(tiny_model)
+    model.eval()
+
+    def whole_sequence(ids, new_tokens, generator, top_k=5):
+        for _ in range(new_tokens):
+            top = torch.topk(model(input_ids=ids).logits[:, -1, :].float(), top_k, dim=-1)
+            pick = torch.multinomial(torch.softmax(top.values, dim=-1), 1, generator=generator)
+            ids = torch.cat([ids, top.indices.gather(-1, pick)], dim=-1)
+        return ids
+
+    start = torch.tensor([[5, 17, 3]] * 4)
+    with torch.no_grad():
+        cached = _sample(model, start, 6, torch.Generator().manual_seed(3))
+        reference = whole_sequence(start, 6, torch.Generator().manual_seed(3))
+    assert cached.shape == (4, 9) and torch.equal(cached, reference)
+    assert len({tuple(row) for row in cached.tolist()}) > 1  # the rows were sampled, not all alike
+
+
 def test_the_job_generates_its_prefixes_on_a_ray_worker_as_this_process_would(tiny_model):
     """The driver never loads the model: prefixes come from a Ray task, the same as made here."""
     import ray
