@@ -50,6 +50,20 @@ def deepspeed_config(train: TrainConfig) -> dict:
     }
 
 
+def extensions_root() -> Path:
+    """Where torch builds and caches C++ extensions such as DeepSpeed's ops."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+
+
+def cpu_comm_op_built() -> bool:
+    """Whether DeepSpeed's shared-memory allreduce, which it compiles on first use on CPU, is
+    already built on this machine (under the extensions root, or a per-build subfolder of it)."""
+    root = extensions_root()
+    return any(root.glob("deepspeed_shm_comm/*.so")) or any(root.glob("*/deepspeed_shm_comm/*.so"))
+
+
 def stale_build_locks(max_age_s: float = 600.0) -> list[Path]:
     """Lock files of torch C++ extension builds (DeepSpeed's ops) older than `max_age_s`.
 
@@ -58,9 +72,7 @@ def stale_build_locks(max_age_s: float = 600.0) -> list[Path]:
     lock it finds. A build killed midway leaves its lock behind, and every later run then hangs
     at `deepspeed.initialize`. No build takes this long, so an old lock is a leftover.
     """
-    from torch.utils.cpp_extension import get_default_build_root
-
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    root = extensions_root()
     stale = []
     for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
         try:
@@ -150,6 +162,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         report_finished_again(restored, rank)
         return
 
+    if not train.use_gpu and rank == 0 and not cpu_comm_op_built():
+        # Else the job is silent for the length of the build, and looks hung the first time.
+        log.info("compiling DeepSpeed's CPU allreduce op, once per machine (under a minute on 2 cores; "
+                 "kept in %s)", extensions_root())
     for lock in stale_build_locks():
         log.warning("%s was left by an interrupted op build, and DeepSpeed will wait on it for ever: "
                     "if nothing is compiling, delete the folder %s", lock, lock.parent)

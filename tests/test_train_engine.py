@@ -13,7 +13,7 @@ from ftedit.config import LoraConfig, TrainConfig
 from ftedit.loss import lm_loss
 from ftedit.model import load_causal_lm, prepare_for_autocast, prepare_trainable, trainable_parameters
 from ftedit.tokenize import IGNORE_INDEX, pack_batch
-from ftedit.train import deepspeed_config, stale_build_locks
+from ftedit.train import cpu_comm_op_built, deepspeed_config, stale_build_locks
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,24 @@ def test_stale_build_locks_finds_the_old_leftovers_only(tmp_path, monkeypatch):
     # The fresh lock may belong to a build running now: it is not reported.
     assert stale_build_locks() == sorted([locks["deepspeed_shm_comm"], locks["py311_cpu/fused_adam"]])
     assert stale_build_locks(max_age_s=7200) == []
+
+
+def test_the_cpu_allreduce_op_counts_as_built_once_its_library_is_there(tmp_path, monkeypatch):
+    """The job says it is compiling DeepSpeed's CPU op (a silent minute, the first time) unless
+    the built library is in torch's extensions folder: at its top, as with TORCH_EXTENSIONS_DIR
+    set, or in the per-build subfolder torch uses without it. A lock alone is a build under way."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert not cpu_comm_op_built()
+    (tmp_path / "deepspeed_shm_comm").mkdir()
+    (tmp_path / "deepspeed_shm_comm" / "lock").touch()
+    (tmp_path / "py311_cpu" / "fused_adam").mkdir(parents=True)
+    (tmp_path / "py311_cpu" / "fused_adam" / "fused_adam.so").touch()
+    assert not cpu_comm_op_built()
+    (tmp_path / "py311_cpu" / "deepspeed_shm_comm").mkdir()
+    (tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").touch()
+    assert cpu_comm_op_built()
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "py311_cpu"))
+    assert cpu_comm_op_built()
 
 
 def test_probe_scoring_runs_on_a_model_prepared_for_autocast(tiny_model):
