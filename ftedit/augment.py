@@ -13,7 +13,9 @@ shards the requests. Evaluation prompts of every edit in the run are never train
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from bisect import bisect_left
 from collections import defaultdict
 
@@ -21,6 +23,8 @@ import numpy as np
 
 from ftedit.config import AugmentConfig
 from ftedit.requests import EditRequest, Fact, text_key
+
+log = logging.getLogger(__name__)
 
 # Example kinds: "edit", "paraphrase" (train the new target), and the locality facts below.
 LOCALITY_KINDS = ("random", "similar", "same_answer")
@@ -213,6 +217,7 @@ def generate_prefixes(model, tokenizer, cfg: AugmentConfig, seed: int) -> list[s
 
     from ftedit.placement import input_device
 
+    started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     device = input_device(model)
     prefixes: list[str] = []
@@ -228,6 +233,8 @@ def generate_prefixes(model, tokenizer, cfg: AugmentConfig, seed: int) -> list[s
                 text = tokenizer.decode(row, skip_special_tokens=True)
                 text = text.replace("{", " ").replace("}", " ").splitlines()[0].strip() if text.strip() else start
                 prefixes.append(text or start)
+    log.info("sampled %d prefixes of up to %d tokens for the pseudo-paraphrases (%.0f s)", len(prefixes),
+             cfg.prefix_tokens, time.perf_counter() - started)
     return prefixes
 
 

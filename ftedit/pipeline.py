@@ -180,10 +180,12 @@ def check_usable_pool(cfg: RunConfig, inputs: Inputs, usable: list[Fact]) -> Non
 def _check_model_and_generate_prefixes(model_path: str, cfg: RunConfig) -> tuple[list[str], str]:
     """(prefixes, "") or ([], why the model cannot be trained on packed rows): a Ray task."""
     from ftedit.augment import generate_prefixes
+    from ftedit.logs import show_progress
     from ftedit.loss import check_packing
     from ftedit.model import pad_token_id
     from ftedit.placement import assigned_devices, load_replica
 
+    show_progress()  # the prefix line reaches the driver's console: on one CPU a 6B model takes minutes
     if not assigned_devices():  # no GPU configured, or a dry run
         import torch
 

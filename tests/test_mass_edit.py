@@ -57,6 +57,8 @@ def test_outputs_are_complete(smoke_run):
     # ... and while the scoring actors evaluate (Ray workers log nothing at INFO unless told to)
     assert "unedited model: scored 6 requests" in proc.stderr, proc.stderr[-4000:]
     assert re.search(r"(?<!un)edited model: scored 6 requests", proc.stderr), proc.stderr[-4000:]
+    # ... and while the prefix task samples on its worker (minutes for a 6B model on one CPU)
+    assert "sampled 8 prefixes of up to 4 tokens" in proc.stderr, proc.stderr[-4000:]
 
 
 def test_efficacy_goes_from_chance_to_all_edits(smoke_run):
