@@ -185,7 +185,7 @@ def _check_model_and_generate_prefixes(model_path: str, cfg: RunConfig) -> tuple
     from ftedit.model import pad_token_id
     from ftedit.placement import assigned_devices, load_replica
 
-    show_progress()  # the prefix line reaches the driver's console: on one CPU a 6B model takes minutes
+    show_progress()  # the prefix line reaches the driver's console: a dry run's CPU reads all the weights 50 times
     if not assigned_devices():  # no GPU configured, or a dry run
         import torch
 
