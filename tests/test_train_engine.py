@@ -83,7 +83,7 @@ def test_stale_build_locks_finds_the_old_leftovers_only(tmp_path, monkeypatch):
 
 
 def test_the_cpu_allreduce_op_counts_as_built_once_its_library_is_there(tmp_path, monkeypatch):
-    """The job says it is compiling DeepSpeed's CPU op (a silent minute, the first time) unless
+    """The job says it is compiling DeepSpeed's CPU op (41 s on 2 cores, silent before) unless
     the built library is in torch's extensions folder: at its top, as with TORCH_EXTENSIONS_DIR
     set, or in the per-build subfolder torch uses without it. A lock alone is a build under way."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
