@@ -72,10 +72,32 @@ class _Fields:
         return _Fields(value, self.file, self.index, self.case_id, f"{self.prefix}{key}.")
 
 
-def _require_subject(f: _Fields, field: str, prompt: str, subject: str) -> None:
+def _require_subject(f: _Fields, field: str, prompt: str, subject: str, hint: str = "") -> None:
     # Locate-then-edit methods find the subject's tokens in the prompt; without it they cannot run.
     if subject not in prompt:
-        raise f.error(field, f"does not contain the subject {subject!r}")
+        raise f.error(field, f"does not contain the subject {subject!r}{hint}")
+
+
+TEMPLATE_HINT = " (nor a '{}' where it goes)"  # the formats whose prompts may be ROME templates
+
+
+def _filled(texts, subject: str):
+    """JSONL prompts written as ROME templates: each '{}' stands for the subject (str.replace, not
+    str.format: other braces stay). A text or a tuple of texts; None stays None."""
+    if texts is None:
+        return None
+    if isinstance(texts, str):
+        return texts.replace("{}", subject)
+    return tuple(text.replace("{}", subject) for text in texts)
+
+
+def _no_template(f: _Fields, key: str, texts: tuple[str, ...]) -> tuple[str, ...]:
+    # Neighbourhood and attribute prompts are about other subjects: a '{}' there stands for none.
+    for i, text in enumerate(texts):
+        if "{}" in text:
+            raise f.error(key, f"item {i}: has a '{{}}' placeholder, but these prompts are about other "
+                               "subjects than the edit's; write them out in full")
+    return texts
 
 
 def _checked(f: _Fields, request: EditRequest) -> EditRequest:
@@ -162,14 +184,17 @@ def _parse_zsre(f: _Fields, zsre_target: str) -> list[EditRequest]:
 
 
 def _parse_jsonl(f: _Fields, zsre_target: str) -> list[EditRequest]:
-    prompt, subject = f.text("prompt"), f.text("subject")
-    _require_subject(f, "prompt", prompt, subject)
+    subject = f.text("subject")
+    prompt = _filled(f.text("prompt"), subject)
+    _require_subject(f, "prompt", prompt, subject, TEMPLATE_HINT)
     return [_checked(f, EditRequest(
         f.case_id, prompt, subject, f.text("target_new"), f.text("target_true", required=False),
-        paraphrases=f.texts("paraphrases"), neighbourhood=f.texts("neighbourhood"),
+        paraphrases=_filled(f.texts("paraphrases"), subject),
+        neighbourhood=_no_template(f, "neighbourhood", f.texts("neighbourhood")),
         neighbourhood_answer=f.text("neighbourhood_answer", required=False),
-        attribute_prompts=f.texts("attribute_prompts"), generation_prompts=f.texts("generation_prompts"),
-        portability=f.texts("portability"),
+        attribute_prompts=_no_template(f, "attribute_prompts", f.texts("attribute_prompts")),
+        generation_prompts=_filled(f.texts("generation_prompts"), subject),
+        portability=_filled(f.texts("portability"), subject),
         portability_new=f.text("portability_new", required=bool(f.data.get("portability"))),
         portability_true=f.text("portability_true", required=False)))]
 
@@ -320,8 +345,9 @@ def parse_fact_record(file: str, index: int, record: dict) -> list[EditRequest] 
     """A JSONL fact (`prompt`, `subject`, `target_true`): something to keep, nothing to edit."""
     f = _Fields(record, file, index, str(record.get("case_id", index)))
     try:
-        prompt, subject, answer = f.text("prompt"), f.text("subject"), f.text("target_true")
-        _require_subject(f, "prompt", prompt, subject)
+        subject = f.text("subject")
+        prompt, answer = _filled(f.text("prompt"), subject), f.text("target_true")
+        _require_subject(f, "prompt", prompt, subject, TEMPLATE_HINT)
     except RequestError as exc:
         return exc
     return [EditRequest(f.case_id, prompt, subject, target_new=answer, target_true=answer)]

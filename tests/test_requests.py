@@ -246,6 +246,22 @@ def test_jsonl_portability_questions_need_their_new_answer(tmp_path):
     assert_located(info.value, path, 1, "1", "portability_new")
 
 
+def test_jsonl_prompts_may_be_rome_templates_filled_with_the_subject(tmp_path):
+    """A '{}' in a JSONL edit's own prompts stands for its subject, as in ROME's templates; a
+    literal brace pair of another kind survives, and a fact of the pool may be a template too."""
+    templated = generic(prompt="The capital of {} is", paraphrases=["{}'s capital {city} is"],
+                        generation_prompts=["{} is a country where"], neighbourhood=["The capital of Spain is"],
+                        portability=["The mayor of the capital of {} is"], portability_new="Gualtieri")
+    request = load_requests(write_jsonl(tmp_path, [templated])).requests[0]
+    assert request.prompt == "The capital of France is" and request.subject == "France"
+    assert request.paraphrases == ("France's capital {city} is",)
+    assert request.generation_prompts == ("France is a country where",)
+    assert request.portability == ("The mayor of the capital of France is",)
+    assert request.neighbourhood == ("The capital of Spain is",)
+    pool = write_jsonl(tmp_path, [generic(prompt="{} has the capital", target_true="Paris")], name="pool.jsonl")
+    assert load_fact_pool(pool) == [Fact("France has the capital", "Paris", "France")]
+
+
 def test_detect_format_by_keys(tmp_path):
     json_path = tmp_path / "x.json"
     assert detect_format(json_path, mquake()) == "mquake"
@@ -457,7 +473,9 @@ def test_zsre_case_id_from_record(tmp_path):
 @pytest.mark.parametrize("record,field,fragment", [
     (_without(generic(), "target_new"), "target_new", "missing"),
     (generic(prompt="  "), "prompt", "empty"),
-    (generic(subject="Spain"), "prompt", "does not contain the subject"),
+    (generic(subject="Spain"), "prompt", "does not contain the subject 'Spain' (nor a '{}' where it goes)"),
+    (generic(neighbourhood=["The capital of {} is"]), "neighbourhood", "item 0: has a '{}' placeholder"),
+    (generic(attribute_prompts=["Rome", "{} speaks"]), "attribute_prompts", "item 1: has a '{}' placeholder"),
     (generic(target_new=1.5), "target_new", "got number"),
     (generic(target_true="Rome"), "target_new", "nothing to edit"),
     (generic(paraphrases="France's capital"), "paraphrases", "expected a list of strings"),
