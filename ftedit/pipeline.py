@@ -253,9 +253,11 @@ def training_dataset(cfg: RunConfig, inputs: Inputs, augmentation: Augmentation)
                     "paraphrase prompt, or the edit's own): they are trained only behind their pseudo-paraphrase "
                     "prefixes%s", held_back, "" if cfg.augment.n_paraphrase else ", and this run has none")
     if cfg.augment.continuation_tokens:  # show what the edits are anchored with (a few rows)
-        for row in dataset.filter(lambda r: r["kind"] == "edit").select_columns(
-                ["prompt", "target", "continuation"]).take(3):
-            log.info("continuation anchor: %r + %r -> %r", row["prompt"], row["target"], row["continuation"])
+        from ray.data.expressions import col
+
+        shown = dataset.filter(expr=col("kind") == "edit").select_columns(["prompt", "target", "continuation"])
+        for row in shown.take_batch(3, batch_format="pandas").itertuples():
+            log.info("continuation anchor: %r + %r -> %r", row.prompt, row.target, row.continuation)
     return dataset, counts
 
 
