@@ -57,6 +57,10 @@ class Fact:
     subject: str
 
 
+FILE_LEVEL = "-"
+"""The record index of a RequestError about a whole file: missing, unreadable, not JSON, ..."""
+
+
 class RequestError(ValueError):
     """A file or record that cannot become an edit request, located precisely."""
 
@@ -64,7 +68,10 @@ class RequestError(ValueError):
         self.file, self.index, self.case_id = str(file), index, case_id
         self.field, self.message = field, message
         shown_id = "?" if case_id is None else case_id
-        super().__init__(f"{file}: record {index} (case_id {shown_id}): field '{field}': {message}")
+        if index == FILE_LEVEL:  # the whole file (or pattern) is at fault, not one record of it
+            super().__init__(f"{file}: {message}")
+        else:
+            super().__init__(f"{file}: record {index} (case_id {shown_id}): field '{field}': {message}")
 
     def __reduce__(self):
         # Exceptions pickle via self.args, which here is the formatted text only;

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from ftedit.config import DataConfig
-from ftedit.edit_request import EditRequest, Fact, RequestError
+from ftedit.edit_request import FILE_LEVEL, EditRequest, Fact, RequestError
 from ftedit.request_formats import (
+    IS_A_DIRECTORY,
     check_arguments,
     open_records,
     parse_record,
@@ -184,7 +185,9 @@ def open_requests(data: DataConfig) -> RequestSource:
     paths = request_paths(data.requests)
     for path in paths:
         if not path.is_file():
-            raise RequestError(path, "-", None, "(file)", "file not found")
+            problem = f"{IS_A_DIRECTORY}; name its files with a glob such as {path / '*.jsonl'}" if path.is_dir() \
+                else "file not found"
+            raise RequestError(path, FILE_LEVEL, None, "(file)", problem)
     windows = _file_windows(paths, data.offset, data.limit)
     files = [{"file_no": i, "file": str(p), "start": s, "stop": e} for i, (p, (s, e)) in enumerate(zip(paths, windows))]
     parsed = ray.data.from_items(files).map_batches(

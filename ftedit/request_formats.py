@@ -12,10 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ftedit.edit_request import EditRequest, RequestError
+from ftedit.edit_request import FILE_LEVEL, EditRequest, RequestError
 from ftedit.mquake_neighbours import NeighbourIndex
 
 FORMATS = ("counterfact", "zsre", "mquake", "jsonl")
+IS_A_DIRECTORY = "is a directory, not a file of records"
 ZSRE_TARGETS = ("alt", "answers")
 
 
@@ -222,11 +223,13 @@ class FileSlice(NamedTuple):
 def read_records(path: Path, limit: int | None, offset: int = 0) -> FileSlice:
     """Read records `offset` .. `offset + limit` of a .json list or a .jsonl file."""
     def file_error(message: str) -> RequestError:
-        return RequestError(path, "-", None, "(file)", message)
+        return RequestError(path, FILE_LEVEL, None, "(file)", message)
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
     except FileNotFoundError:
         raise file_error("file not found") from None
+    except IsADirectoryError:
+        raise file_error(IS_A_DIRECTORY) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise file_error(f"cannot read: {exc}") from None
     if path.suffix.lower() == ".jsonl":

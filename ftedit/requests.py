@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ftedit.edit_request import EditRequest, Fact, RequestError
+from ftedit.edit_request import FILE_LEVEL, EditRequest, Fact, RequestError
 from ftedit.request_formats import (
     FORMATS,
     ZSRE_TARGETS,
@@ -108,7 +108,7 @@ def check_same_format(formats: dict[str, str], fmt: str, file: str) -> None:
     formats.setdefault(fmt, file)
     if len(formats) > 1:
         first_fmt, first_file = next(iter(formats.items()))
-        raise RequestError(file, "-", None, "(format)",
+        raise RequestError(file, FILE_LEVEL, None, "(format)",
                            f"holds {fmt} records but {first_file} holds {first_fmt}; one run reads one format")
 
 
@@ -124,7 +124,7 @@ def request_paths(spec) -> list[Path]:
         if glob.has_magic(text):
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
-                raise RequestError(text, "-", None, "(file)", "no file matches this pattern")
+                raise RequestError(text, FILE_LEVEL, None, "(file)", "no file matches this pattern")
             paths += [Path(m) for m in matches]
         else:
             paths.append(Path(text))

@@ -97,6 +97,10 @@ def test_with_on_invalid_error_only_the_first_clash_is_spelled_out(ray_local, tm
 def test_bad_files_fail_with_the_files_error(ray_local, tmp_path):
     with pytest.raises(RequestError, match="no file matches"):
         open_requests(DataConfig(requests=str(tmp_path / "none-*.jsonl")))
+    with pytest.raises(RequestError) as info:  # a folder of parts, given without its glob
+        open_requests(DataConfig(requests=str(tmp_path)))
+    assert str(info.value) == (f"{tmp_path}: is a directory, not a file of records; "
+                               f"name its files with a glob such as {tmp_path / '*.jsonl'}")
     (tmp_path / "broken.jsonl").write_text(json.dumps(edit(0)) + "\n{oops\n")
     with pytest.raises(RequestError) as info:
         open_requests(DataConfig(requests=str(tmp_path / "broken.jsonl")))

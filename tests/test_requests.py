@@ -97,8 +97,11 @@ def assert_located(err: RequestError, path, index, case_id, field):
     msg = str(err)
     shown = "?" if case_id is None else case_id
     assert str(path) in msg and Path(path).name in msg
-    assert f"record {index} (case_id {shown})" in msg
-    assert f"field '{field}'" in msg
+    if index == "-":  # the whole file: its name, then what is wrong with it
+        assert msg.startswith(f"{path}: ") and "record - " not in msg and "field '" not in msg, msg
+    else:
+        assert f"record {index} (case_id {shown})" in msg
+        assert f"field '{field}'" in msg
     assert (err.file, err.index, err.case_id, err.field) == (str(path), index, case_id, field)
 
 
@@ -312,6 +315,18 @@ def test_missing_file():
     assert "not found" in str(info.value)
     with pytest.raises(RequestError):
         load_fact_pool(Path("/nonexistent/dir/pool.json"))
+
+
+def test_a_directory_or_a_pattern_with_no_match_is_named_as_such(tmp_path):
+    with pytest.raises(RequestError) as info:
+        load_requests(tmp_path)
+    assert str(info.value) == f"{tmp_path}: is a directory, not a file of records"
+    with pytest.raises(RequestError) as info:
+        load_fact_pool(tmp_path)
+    assert str(info.value) == f"{tmp_path}: is a directory, not a file of records"
+    with pytest.raises(RequestError) as info:
+        load_requests(str(tmp_path / "part-*.jsonl"))
+    assert str(info.value) == f"{tmp_path / 'part-*.jsonl'}: no file matches this pattern"
 
 
 def test_invalid_json_and_top_level(tmp_path):
