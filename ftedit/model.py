@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ftedit.config import LoraConfig, TrainConfig
+from ftedit.config import ConfigError, LoraConfig, TrainConfig
 
 TRAINED_WEIGHTS = "trained_weights.safetensors"  # full fine-tuning: the trained tensors only
 TUNING_FILE = "tuning.json"
@@ -64,12 +64,14 @@ def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     return max(candidates, key=lambda item: len(item[1]))
 
 
-def _check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
+def check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
+    """The layer indices `train.layers` chooses (all when null); a ConfigError if one is past the
+    model's last layer, which only the model can tell."""
     if layers is None:
         return list(range(n_layers))
     bad = [i for i in layers if i >= n_layers]
     if bad:
-        raise ValueError(f"train.layers: {bad} out of range, the model has {n_layers} layers (0..{n_layers - 1})")
+        raise ConfigError("train.layers", f"{bad} out of range, the model has {n_layers} layers (0..{n_layers - 1})")
     return sorted(set(layers))
 
 
@@ -84,7 +86,7 @@ def linear_module_names(layers: torch.nn.ModuleList) -> list[str]:
 def prepare_trainable(model, train: TrainConfig, lora: LoraConfig, seed: int):
     """Make only the edited parameters trainable: a LoRA adapter (peft) or whole chosen layers."""
     layers_name, layers = decoder_layers(model)
-    chosen = _check_layers(train.layers, len(layers))
+    chosen = check_layers(train.layers, len(layers))
     if train.tuning == "lora":
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model

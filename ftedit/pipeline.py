@@ -177,12 +177,14 @@ def check_usable_pool(cfg: RunConfig, inputs: Inputs, usable: list[Fact]) -> Non
                     "over more facts", n_edits, len(usable), n_edits * min(cfg.augment.n_unedited, len(usable)) / len(usable))
 
 
-def _check_model_and_generate_prefixes(model_path: str, cfg: RunConfig) -> tuple[list[str], str]:
-    """(prefixes, "") or ([], why the model cannot be trained on packed rows): a Ray task."""
+def _check_model_and_generate_prefixes(model_path: str, cfg: RunConfig) -> tuple[list[str], Exception | None]:
+    """(prefixes, None), or ([], the error): `train.layers` past the model's last layer (a
+    ConfigError), or a model that cannot be trained on packed rows (a RuntimeError). A Ray task;
+    the error is returned, not raised, so that the driver raises it as it is."""
     from ftedit.augment import generate_prefixes
     from ftedit.logs import show_progress
     from ftedit.loss import check_packing
-    from ftedit.model import pad_token_id
+    from ftedit.model import check_layers, decoder_layers, pad_token_id
     from ftedit.placement import assigned_devices, load_replica
 
     show_progress()  # the prefix line reaches the driver's console: a dry run's CPU reads all the weights 50 times
@@ -194,15 +196,16 @@ def _check_model_and_generate_prefixes(model_path: str, cfg: RunConfig) -> tuple
         torch.set_num_threads(cfg.eval.torch_threads or os.cpu_count() or 1)
     model, tokenizer = load_replica(model_path, cfg.model.dtype)
     try:
+        check_layers(cfg.train.layers, len(decoder_layers(model)[1]))
         check_packing(model, pad_token_id(tokenizer))
-    except RuntimeError as exc:
-        return [], str(exc)
-    return (generate_prefixes(model, tokenizer, cfg.augment, cfg.seed) if cfg.augment.n_paraphrase else []), ""
+    except (ConfigError, RuntimeError) as exc:
+        return [], exc
+    return (generate_prefixes(model, tokenizer, cfg.augment, cfg.seed) if cfg.augment.n_paraphrase else []), None
 
 
 def check_model_and_generate_prefixes(cfg: RunConfig, model_path: Path, use_gpus: bool = True) -> list[str]:
-    """Fail before any work if the model would mix packed rows (`loss.check_packing`), and sample
-    the pseudo-paraphrase prefixes with it.
+    """Fail before any work if `train.layers` names a layer the model lacks or the model would mix
+    packed rows (`loss.check_packing`), and sample the pseudo-paraphrase prefixes with it.
 
     Both run on a Ray worker with a scoring actor's resources (`eval.gpus_per_actor`), not in the
     driver: the driver, on a CPU head node, never loads the model, whose weights (140 GB for a
@@ -216,9 +219,9 @@ def check_model_and_generate_prefixes(cfg: RunConfig, model_path: Path, use_gpus
     # An explicit strategy: inside a sweep trial the task would otherwise go into the trial's
     # placement group, which holds a sliver of CPU for the trial's driver and nothing more.
     task = ray.remote(_check_model_and_generate_prefixes).options(**resources, scheduling_strategy="DEFAULT")
-    prefixes, packing_error = ray.get(task.remote(str(model_path), cfg))
-    if packing_error:
-        raise RuntimeError(packing_error)
+    prefixes, error = ray.get(task.remote(str(model_path), cfg))
+    if error is not None:
+        raise error
     return prefixes
 
 

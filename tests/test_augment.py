@@ -1,5 +1,7 @@
 from dataclasses import replace
 
+import pytest
+
 from ftedit.augment import (
     DigestSet,
     PoolIndex,
@@ -200,7 +202,7 @@ def test_the_job_generates_its_prefixes_on_a_ray_worker_as_this_process_would(ti
     """The driver never loads the model: prefixes come from a Ray task, the same as made here."""
     import ray
 
-    from ftedit.config import RunConfig, from_dict
+    from ftedit.config import ConfigError, RunConfig, from_dict
     from ftedit.model import load_causal_lm
     from ftedit.pipeline import check_model_and_generate_prefixes
 
@@ -211,10 +213,15 @@ def test_the_job_generates_its_prefixes_on_a_ray_worker_as_this_process_would(ti
     try:
         there = check_model_and_generate_prefixes(cfg, tiny_model)  # the packing check passes on a Llama
         none = check_model_and_generate_prefixes(from_dict(RunConfig, {"augment": {"n_paraphrase": 0}}), tiny_model)
+        # A layer the model lacks fails here, before any stage runs, as the config error it is
+        # (the job's exit code 2), not in the training workers after the unedited evaluation.
+        with pytest.raises(ConfigError) as info:
+            check_model_and_generate_prefixes(from_dict(RunConfig, {"train": {"layers": [0, 7]}}), tiny_model)
     finally:
         ray.shutdown()
     assert there == here and len(here) == 6
     assert none == []
+    assert str(info.value) == "train.layers: [7] out of range, the model has 2 layers (0..1)"
 
 
 def test_skip_over_draws_what_sampling_the_list_of_candidates_draws():
