@@ -83,6 +83,18 @@ def linear_module_names(layers: torch.nn.ModuleList) -> list[str]:
     return sorted({name.split(".")[-1] for name, m in layers.named_modules() if isinstance(m, torch.nn.Linear)})
 
 
+def check_lora_targets(lora: LoraConfig, model: torch.nn.Module) -> None:
+    """A ConfigError naming every listed `lora.target_modules` entry that no module of the model
+    ends with (peft's rule for a list), so a typo fails before any stage, not in training."""
+    if not isinstance(lora.target_modules, list):  # `all-linear`, or a regex left to peft
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ConfigError("lora.target_modules", f"{missing} match no module of the model (the linear layers "
+                                                 f"of its decoder layers: {linear_module_names(decoder_layers(model)[1])})")
+
+
 def prepare_trainable(model, train: TrainConfig, lora: LoraConfig, seed: int):
     """Make only the edited parameters trainable: a LoRA adapter (peft) or whole chosen layers."""
     layers_name, layers = decoder_layers(model)

@@ -178,13 +178,14 @@ def check_usable_pool(cfg: RunConfig, inputs: Inputs, usable: list[Fact]) -> Non
 
 
 def _check_model_and_generate_prefixes(model_path: str, cfg: RunConfig) -> tuple[list[str], Exception | None]:
-    """(prefixes, None), or ([], the error): `train.layers` past the model's last layer (a
-    ConfigError), or a model that cannot be trained on packed rows (a RuntimeError). A Ray task;
-    the error is returned, not raised, so that the driver raises it as it is."""
+    """(prefixes, None), or ([], the error): `train.layers` past the model's last layer or LoRA
+    target modules it lacks (a ConfigError), or a model that cannot be trained on packed rows (a
+    RuntimeError). A Ray task; the error is returned, not raised, so that the driver raises it as
+    it is."""
     from ftedit.augment import generate_prefixes
     from ftedit.logs import show_progress
     from ftedit.loss import check_packing
-    from ftedit.model import check_layers, decoder_layers, pad_token_id
+    from ftedit.model import check_layers, check_lora_targets, decoder_layers, pad_token_id
     from ftedit.placement import assigned_devices, load_replica
 
     show_progress()  # the prefix line reaches the driver's console: a dry run's CPU reads all the weights 50 times
@@ -196,7 +197,10 @@ def _check_model_and_generate_prefixes(model_path: str, cfg: RunConfig) -> tuple
         torch.set_num_threads(cfg.eval.torch_threads or os.cpu_count() or 1)
     model, tokenizer = load_replica(model_path, cfg.model.dtype)
     try:
-        check_layers(cfg.train.layers, len(decoder_layers(model)[1]))
+        layers = decoder_layers(model)[1]
+        check_layers(cfg.train.layers, len(layers))
+        if cfg.train.tuning == "lora":
+            check_lora_targets(cfg.lora, model)
         check_packing(model, pad_token_id(tokenizer))
     except (ConfigError, RuntimeError) as exc:
         return [], exc
@@ -204,8 +208,9 @@ def _check_model_and_generate_prefixes(model_path: str, cfg: RunConfig) -> tuple
 
 
 def check_model_and_generate_prefixes(cfg: RunConfig, model_path: Path, use_gpus: bool = True) -> list[str]:
-    """Fail before any work if `train.layers` names a layer the model lacks or the model would mix
-    packed rows (`loss.check_packing`), and sample the pseudo-paraphrase prefixes with it.
+    """Fail before any work if `train.layers` or `lora.target_modules` name what the model lacks or
+    the model would mix packed rows (`loss.check_packing`), and sample the pseudo-paraphrase
+    prefixes with it.
 
     Both run on a Ray worker with a scoring actor's resources (`eval.gpus_per_actor`), not in the
     driver: the driver, on a CPU head node, never loads the model, whose weights (140 GB for a

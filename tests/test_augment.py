@@ -215,13 +215,23 @@ def test_the_job_generates_its_prefixes_on_a_ray_worker_as_this_process_would(ti
         none = check_model_and_generate_prefixes(from_dict(RunConfig, {"augment": {"n_paraphrase": 0}}), tiny_model)
         # A layer the model lacks fails here, before any stage runs, as the config error it is
         # (the job's exit code 2), not in the training workers after the unedited evaluation.
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(ConfigError) as layers:
             check_model_and_generate_prefixes(from_dict(RunConfig, {"train": {"layers": [0, 7]}}), tiny_model)
+        with pytest.raises(ConfigError) as targets:  # peft's rule: a name or a dotted suffix of one
+            check_model_and_generate_prefixes(
+                from_dict(RunConfig, {"lora": {"target_modules": ["self_attn.q_proj", "v_proj", "lm_head", "qproj"]}}), tiny_model)
+        # Full fine-tuning trains whole layers: LoRA's target modules play no part.
+        full = check_model_and_generate_prefixes(
+            from_dict(RunConfig, {"augment": {"n_paraphrase": 0}, "train": {"tuning": "full"},
+                                  "lora": {"target_modules": ["qproj"]}}), tiny_model)
     finally:
         ray.shutdown()
     assert there == here and len(here) == 6
-    assert none == []
-    assert str(info.value) == "train.layers: [7] out of range, the model has 2 layers (0..1)"
+    assert none == [] and full == []
+    assert str(layers.value) == "train.layers: [7] out of range, the model has 2 layers (0..1)"
+    assert targets.value.key == "lora.target_modules" and targets.value.message.startswith(
+        "['qproj'] match no module of the model (the linear layers of its decoder layers: ['down_proj', 'gate_proj', "
+    ), targets.value
 
 
 def test_skip_over_draws_what_sampling_the_list_of_candidates_draws():
