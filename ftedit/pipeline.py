@@ -55,8 +55,9 @@ def staging_dir(out_dir: Path) -> Path:
     return out_dir.with_name(out_dir.name + ".incomplete")
 
 
-def init_ray(cfg: RunConfig) -> None:
-    """Join the cluster this job was submitted to, or start a local Ray instance."""
+def init_ray(cfg: RunConfig, plan: bool = False) -> None:
+    """Join the cluster this job was submitted to, or start a local Ray instance, which must have
+    the GPUs the config asks for (`check_local_gpus`) unless the job only plans (`plan`)."""
     import ray
     from ray.data import DataContext
 
@@ -65,9 +66,36 @@ def init_ray(cfg: RunConfig) -> None:
             ray.init()  # inside `ray job submit`: resources belong to the cluster
         else:
             ray.init(num_cpus=cfg.ray.num_cpus)  # dashboard on: watch the job at http://127.0.0.1:8265
+            # Without RAY_ADDRESS, ray.init also joins a cluster `ray start` began on this machine,
+            # which an autoscaler may grow: only an instance this call started is checked. (Ray
+            # keeps that fact in private state; if it moves, no check is made.)
+            node = getattr(ray._private.worker, "_global_node", None)
+            if not plan and getattr(node, "ray_init_cluster", False):
+                try:
+                    check_local_gpus(cfg, int(ray.cluster_resources().get("GPU", 0)))
+                except ConfigError:
+                    ray.shutdown()
+                    raise
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # same seed, same examples, same order
     context.enable_progress_bars = False  # our own progress lines are easier to read in job logs
+
+
+def check_local_gpus(cfg: RunConfig, gpus: int) -> None:
+    """Refuse, before any work, a config that asks a local Ray instance with `gpus` GPUs for more.
+
+    Nothing adds GPUs to a machine, and Ray would wait for them for ever: Ray Train retries
+    starting its worker group every minute, after the requests were read, the prefixes sampled and
+    the unedited model scored. (A cluster's autoscaler may still add GPU nodes: a submitted job is
+    not checked.)"""
+    where = f"the local Ray instance this job started has {gpus} GPU(s)" + (
+        "" if gpus else "; run without GPUs (train.use_gpu=false eval.gpus_per_actor=0), or submit the job to a "
+                        "GPU cluster with `ray job submit` (README, 'On a Ray cluster')")
+    if cfg.train.use_gpu and cfg.train.num_workers > gpus:
+        raise ConfigError("train.num_workers" if gpus else "train.use_gpu",
+                          f"{cfg.train.num_workers} training worker(s) with a GPU each, but {where}")
+    if cfg.eval.gpus_per_actor > gpus:
+        raise ConfigError("eval.gpus_per_actor", f"{cfg.eval.gpus_per_actor:g} GPU(s) per model replica, but {where}")
 
 
 def _same_config(path: Path, cfg: RunConfig) -> bool:
@@ -280,6 +308,7 @@ def plan_run(cfg: RunConfig) -> dict:
     started = time.perf_counter()
     # What the job would refuse at its start is refused here too: a plan that passed them would lie.
     check_storage(cfg.train.storage_path)
+    init_ray(cfg, plan=True)  # GPUs not needed: a plan is made before paying for GPU nodes
     inputs = load_inputs(cfg)
     reuse = None
     if cfg.eval.unedited_from:

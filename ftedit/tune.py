@@ -257,11 +257,11 @@ def run_sweep(base: dict, cfg: RunConfig, sweep: SweepConfig) -> dict:
 
     started = time.perf_counter()
     check_storage(cfg.train.storage_path)  # once for the sweep, not a failure per trial
+    init_ray(cfg)  # before anything is written: a local instance without the GPUs asked for is refused
     out = Path(cfg.output.dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "base.yaml")
     (out / "sweep.yaml").write_text(yaml.safe_dump(dataclasses.asdict(sweep), sort_keys=False))
-    init_ray(cfg)
     unedited = None
     if shares_unedited_evaluation(sweep):
         # Once for all trials (and kept for a resumed sweep): ASHA stops weak trials after an

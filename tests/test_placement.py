@@ -142,3 +142,39 @@ def test_gpus_per_actor_above_one_must_be_whole():
     assert EvalConfig(gpus_per_actor=0.5).gpus_per_actor == 0.5  # replicas sharing a GPU
     with pytest.raises(ConfigError, match="gpus_per_actor"):
         EvalConfig(gpus_per_actor=1.5)
+
+
+def test_a_local_ray_instance_is_refused_a_config_asking_more_gpus_than_it_has():
+    """Nothing adds GPUs to a machine: the job fails at its start, naming the key, instead of
+    Ray Train waiting for them for ever after the unedited evaluation. A dry run is not refused."""
+    import ray
+
+    from ftedit.config import RunConfig, from_dict
+    from ftedit.pipeline import check_local_gpus, init_ray
+
+    def config(train=None, evaluation=None):
+        return from_dict(RunConfig, {"train": train or {}, "eval": evaluation or {}})
+
+    check_local_gpus(config(), 0)  # the defaults train and score on CPUs
+    check_local_gpus(config({"use_gpu": True, "num_workers": 4, "micro_batch_size": 4, "batch_size": 32}, {"gpus_per_actor": 4}), 4)
+    check_local_gpus(config(evaluation={"gpus_per_actor": 0.5}), 1)
+    refused = [(config({"use_gpu": True, "num_workers": 1}), 0, "train.use_gpu"),
+               (config({"use_gpu": True, "num_workers": 8, "micro_batch_size": 4, "batch_size": 32}), 4, "train.num_workers"),
+               (config(evaluation={"gpus_per_actor": 2}), 1, "eval.gpus_per_actor")]
+    for cfg, gpus, key in refused:
+        with pytest.raises(ConfigError) as info:
+            check_local_gpus(cfg, gpus)
+        assert info.value.key == key and f"the local Ray instance this job started has {gpus} GPU(s)" in str(info.value)
+        # With none at all, the message says how to run without them, or where GPUs are.
+        assert ("train.use_gpu=false eval.gpus_per_actor=0" in info.value.message) == (gpus == 0)
+
+    gpu_job = config({"use_gpu": True, "num_workers": 1})
+    assert not ray.is_initialized() and torch.cuda.device_count() == 0  # this test runs where CI runs: no GPU
+    with pytest.raises(ConfigError, match="train.use_gpu: 1 training worker"):
+        init_ray(gpu_job)
+    assert not ray.is_initialized()  # the instance it started is shut down again
+    try:
+        init_ray(gpu_job, plan=True)  # a plan for GPU nodes is made before paying for them
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
