@@ -43,6 +43,12 @@ BUNDLED = {
 }
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+"""A checkpoint directory holds its tokenizer if it holds one of these (fast, sentencepiece, BPE or
+WordPiece files)."""
+
+
 def resolve_model_path(name_or_path: str, cache_dir: str) -> Path:
     """A local checkpoint directory for `name_or_path`: itself, or a bundled asset unpacked in cache."""
     if name_or_path in BUNDLED:
@@ -53,6 +59,12 @@ def resolve_model_path(name_or_path: str, cache_dir: str) -> Path:
         raise FileNotFoundError(
             f"model path '{name_or_path}' is not a Hugging Face checkpoint directory (no config.json) "
             f"and not a bundled model ({known})"
+        )
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        # Found here, not as a traceback from the first Ray worker that loads it.
+        raise FileNotFoundError(
+            f"model path '{name_or_path}' has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save it beside "
+            "the weights, tokenizer.save_pretrained(path)"
         )
     return path
 

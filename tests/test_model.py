@@ -125,7 +125,17 @@ def test_training_holds_frozen_weights_in_bf16_only_under_bf16_mixed_without_zer
 def test_resolve_model_path_rejects_non_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a Hugging Face checkpoint"):
         resolve_model_path(str(tmp_path), str(tmp_path / "cache"))
-    assert resolve_model_path("tiny-random-llama", str(tmp_path / "cache")).joinpath("config.json").is_file()
+    bundled = resolve_model_path("tiny-random-llama", str(tmp_path / "cache"))
+    assert bundled.joinpath("config.json").is_file()
+    # Weights saved without their tokenizer are refused by the driver, naming what is missing.
+    weights_only = tmp_path / "weights-only"
+    weights_only.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (weights_only / name).write_bytes((bundled / name).read_bytes())
+    with pytest.raises(FileNotFoundError, match="has no tokenizer .none of tokenizer.json, tokenizer_config.json"):
+        resolve_model_path(str(weights_only), str(tmp_path / "cache"))
+    (weights_only / "tokenizer.json").write_bytes((bundled / "tokenizer.json").read_bytes())
+    assert resolve_model_path(str(weights_only), str(tmp_path / "cache")) == weights_only
 
 
 def test_a_worker_on_another_machine_unpacks_a_bundled_model_or_names_the_missing_one(tmp_path):
