@@ -119,8 +119,10 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     sweep_data = data.pop("sweep", None)
     if sweep_data is None:
         raise ConfigError("sweep", f"{path} has no sweep section (search space, validation split)")
-    sweep = from_dict(SweepConfig, sweep_data, "sweep.")
     base = from_dict(RunConfig, data)
+    if isinstance(sweep_data, dict) and isinstance(sweep_data.get("space"), dict):
+        _check_space_keys(sweep_data["space"], base)  # a misspelt key first, before how it is searched
+    sweep = from_dict(SweepConfig, sweep_data, "sweep.")
     for key, value in sweep.edge_values():
         try:
             trial_config(data, {key: value})
@@ -130,6 +132,18 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         _check_base_in_space(data, sweep)
     _check_disjoint(base, sweep)
     return data, base, sweep
+
+
+def _check_space_keys(space: dict, base: RunConfig) -> None:
+    """Every searched key names a setting of the run config (`train.lr`, not `train.lrr`)."""
+    resolved = dataclasses.asdict(base)
+    for key in space:
+        node, path = resolved, []
+        for part in str(key).split("."):
+            if not isinstance(node, dict) or part not in node:
+                known = f" (known: {', '.join(sorted(node))})" if isinstance(node, dict) else ""
+                raise ConfigError(f"sweep.space.{key}", f"{'.'.join(path + [part])} is not a run-config key{known}")
+            node, path = node[part], path + [part]
 
 
 def _check_base_in_space(base: dict, sweep: SweepConfig) -> None:

@@ -41,6 +41,16 @@ def test_bad_sweep_settings_name_the_key(override, key):
     assert info.value.key == key
 
 
+def test_a_misspelt_search_key_is_named_before_how_it_is_searched():
+    for override in ("sweep.space={train.lrr: {grid: [1]}}", "sweep.space={trian.lr: {grid: [1]}}",
+                     "sweep.space={train.lr.x: {grid: [1]}}"):
+        with pytest.raises(ConfigError) as info:  # optuna cannot run a grid, but the key is the first mistake
+            load_sweep(SMOKE, ["sweep.search=optuna", override])
+        assert info.value.key == "sweep.space." + override.split("{")[1].split(":")[0]
+        assert "is not a run-config key" in info.value.message, info.value
+    assert info.value.message == "train.lr.x is not a run-config key"
+
+
 def test_a_sweep_whose_storage_path_cannot_take_checkpoints_stops_before_its_first_trial(tmp_path):
     (tmp_path / "file").write_text("")
     out = tmp_path / "sweep"
