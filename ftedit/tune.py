@@ -138,12 +138,19 @@ def _check_space_keys(space: dict, base: RunConfig) -> None:
     """Every searched key names a setting of the run config (`train.lr`, not `train.lrr`)."""
     resolved = dataclasses.asdict(base)
     for key in space:
-        node, path = resolved, []
-        for part in str(key).split("."):
-            if not isinstance(node, dict) or part not in node:
-                known = f" (known: {', '.join(sorted(node))})" if isinstance(node, dict) else ""
-                raise ConfigError(f"sweep.space.{key}", f"{'.'.join(path + [part])} is not a run-config key{known}")
-            node, path = node[part], path + [part]
+        _setting(resolved, str(key))
+
+
+def _setting(resolved: dict, key: str) -> Any:
+    """The value of dotted `key` in a run config as a dict (`dataclasses.asdict`); a ConfigError
+    naming the first part that is not a key."""
+    node, path = resolved, []
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            known = f" (known: {', '.join(sorted(node))})" if isinstance(node, dict) else ""
+            raise ConfigError(f"sweep.space.{key}", f"{'.'.join(path + [part])} is not a run-config key{known}")
+        node, path = node[part], path + [part]
+    return node
 
 
 def _check_base_in_space(base: dict, sweep: SweepConfig) -> None:
@@ -183,13 +190,7 @@ def trial_config(base: dict, values: dict[str, Any]) -> RunConfig:
 def base_values(base: dict, sweep: SweepConfig) -> dict[str, Any]:
     """The base config's value of every searched key (its defaults where the file is silent)."""
     resolved = dataclasses.asdict(from_dict(RunConfig, copy.deepcopy(base)))
-    values = {}
-    for key in sweep.space:
-        node = resolved
-        for part in key.split("."):
-            node = node[part]
-        values[key] = node
-    return values
+    return {key: _setting(resolved, key) for key in sweep.space}
 
 
 def validation_data(data: DataConfig, sweep: SweepConfig) -> DataConfig:
